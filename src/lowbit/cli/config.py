@@ -1,0 +1,84 @@
+"""Merge a YAML config file with command-line flags into a validated options dataclass.
+
+Precedence: the dataclass defaults < the config file (< a resumed run's config.yaml, when
+resuming) < flags given on the command line. Keys may use dashes or underscores. An unknown key
+is an error with a "did you mean"; a value of the wrong type is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from lowbit.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
+    return data
+
+
+def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"int": int, "float": float, "str": str, "bool": bool})  # noqa: S307
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return tuple(t for t in typing.get_args(annotation))
+    return (annotation,)
+
+
+def coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a dataclass field annotation (int/float/str/bool, optional None)."""
+    allowed = _allowed_types(annotation)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"option {key!r} cannot be empty")
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if str in allowed and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    names = "/".join(t.__name__ for t in allowed if t is not type(None))
+    raise ConfigError(f"option {key!r} must be {names}, got {value!r}")
+
+
+def merge_options(cls: type[T], layers: list[dict[str, Any]]) -> T:
+    """Build ``cls`` from dict layers, later layers winning; validates keys and types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for layer in layers:
+        for raw_key, value in layer.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in fields:
+                raise ConfigError(f"unknown option {raw_key!r}{did_you_mean(key, fields)}; "
+                                  f"known options: {', '.join(sorted(fields))}")
+            values[key] = coerce(key, value, hints[key])
+    return cls(**values)
+
+
+def given_flags(args: argparse.Namespace, skip: tuple[str, ...] = ("config", "command", "func", "quiet", "debug")
+                ) -> dict[str, Any]:
+    """The flags the user actually gave (argparse defaults are None)."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in skip}

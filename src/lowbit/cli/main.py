@@ -1,0 +1,65 @@
+"""The ``lowbit`` command line: subcommands wire the library together; nothing else reads config.
+
+User mistakes (lowbit's documented errors) print one line and exit 2, without a traceback
+unless ``--debug``. Exit codes: 0 success, 2 user error, 1 unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from lowbit import __version__
+from lowbit.errors import LowbitError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lowbit.cli import demo_cmd, list_cmd, train_cmd
+
+    parser = argparse.ArgumentParser(prog="lowbit", description="Deep (below 8-bit) quantization for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", parents=[common], help="train a float or quantized model",
+                           description="Train a zoo model, float or quantization-aware, and write a run folder.")
+    train_cmd.add_train_arguments(train)
+    train.set_defaults(func=train_cmd.run)
+
+    lister = sub.add_parser("list", parents=[common], help="list models, datasets or quantizers")
+    lister.add_argument("what", choices=list_cmd.WHAT)
+    lister.set_defaults(func=list_cmd.run)
+
+    demo = sub.add_parser("demo", parents=[common], help="run the main job on the embedded digits data")
+    demo.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
+    demo.add_argument("--fast", action="store_true", help="fewer epochs (for CI)")
+    demo.set_defaults(func=demo_cmd.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except LowbitError as exc:
+        if args.debug:
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

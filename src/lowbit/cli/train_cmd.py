@@ -1,0 +1,59 @@
+"""``lowbit train``: flags -> TrainOptions -> run_train."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lowbit.cli.config import given_flags, merge_options, read_yaml
+from lowbit.data import list_datasets
+from lowbit.models import list_models
+from lowbit.quant.registry import SCALE_CHOICES, list_quantizers
+from lowbit.runs.folder import CONFIG_FILE
+from lowbit.runs.train_run import TrainOptions, run_train
+from lowbit.train import Reporter
+from lowbit.train.config import OPTIMIZERS, SCHEDULES
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that trains (defaults None: unset flags don't override YAML)."""
+    parser.add_argument("--config", help="YAML file with the same keys as the flags (flags win)")
+    parser.add_argument("--model", help=f"zoo model: {', '.join(list_models())}")
+    parser.add_argument("--dataset", help=f"dataset: {', '.join(list_datasets())}")
+    parser.add_argument("--data-dir", help="folder with the dataset's files (file-based datasets)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="learning rate (default 0.05 SGD, 0.001 Adam)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--schedule", choices=SCHEDULES, help="LR schedule (default cosine)")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--quantizer", help=f"{', '.join(list_quantizers())} (default none = float)")
+    parser.add_argument("--wbits", type=int, help="weight bits 1..8 or 32 (first/last layers stay 8)")
+    parser.add_argument("--abits", type=int, help="activation bits 1..8 or 32 (default 32)")
+    parser.add_argument("--scale", choices=SCALE_CHOICES, help="weight output scale (default auto)")
+    parser.add_argument("--plan", help="plan JSON file (per-layer bits); instead of --wbits/--abits")
+    parser.add_argument("--width-mult", type=float, help="widen the model (WRPN), default 1.0")
+    parser.add_argument("--init", help="float weights to start from: a checkpoint or a run folder")
+    parser.add_argument("--out", help="run folder to write (default runs/MODEL-DATASET-METHOD-sSEED)")
+    parser.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run in --out")
+    parser.add_argument("--device", choices=("cpu", "cuda"))
+    parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
+
+
+def options_from_args(args: argparse.Namespace, cls: type = TrainOptions):
+    layers = []
+    if args.config:
+        layers.append(read_yaml(args.config))
+    if getattr(args, "resume", None) and args.out and (Path(args.out) / CONFIG_FILE).exists():
+        saved = read_yaml(Path(args.out) / CONFIG_FILE)
+        known = {f for f in cls.__dataclass_fields__}
+        layers.append({k: v for k, v in saved.items() if k in known})
+    layers.append(given_flags(args))
+    return merge_options(cls, layers)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    run_train(options, reporter=Reporter(quiet=args.quiet))
+    return 0

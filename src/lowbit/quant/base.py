@@ -1,0 +1,102 @@
+"""The quantizer contract every method in lowbit builds on (METHODS.md section 1).
+
+A weight quantizer fake-quantizes a layer's float shadow weight ``w`` in the forward pass; the
+optimizer keeps updating ``w`` (QAT with an FP copy). Besides the forward pass, every quantizer
+exposes the geometry that the sinusoidal regularizers (SinReQ, WaveQ) align to:
+
+- ``normalize(w)``: the normalized domain ``u(w)`` in which the levels are evenly spaced;
+- ``levels(k)``: the level set in that domain for ``k`` bits;
+- ``spacing(k)`` (``Δ(k)``) and ``offset(k)`` (``o(k)``): every level is ``o + m Δ`` for an
+  integer ``m``, so ``sin^2(π (u - o) / Δ)`` is zero exactly on the levels. ``spacing`` and
+  ``offset`` accept a float tensor ``k`` too (WaveQ's continuous bitwidth).
+
+Output scale (``scale``): ``none`` (paper-exact: w_q lives in the unit range), ``max`` (a detached
+``s = max|w|``: w_q = s * Q(w / s)), ``learned`` (``s`` a parameter initialised at ``max|w|``).
+Networks without batch norm after a layer (LeNet) need ``max`` or ``learned``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from lowbit.errors import ConfigError
+from lowbit.quant.bits import LOW_BITS, check_bits
+from lowbit.quant.ste import finite_abs_max
+
+SCALE_MODES = ("none", "max", "learned")
+
+
+class Quantizer(nn.Module):
+    """Common base: a family name, the bits it was built for, and the layer it serves."""
+
+    family: ClassVar[str] = "?"
+    supported_bits: ClassVar[tuple[int, ...]] = LOW_BITS
+
+    def __init__(self, bits: int, layer: str = "") -> None:
+        super().__init__()
+        self.bits = check_bits(bits, layer, self.supported_bits, what=f"{self.family} bitwidth")
+        self.layer = layer
+
+    @classmethod
+    def levels(cls, k: int) -> torch.Tensor:
+        """The level set for ``k`` bits in the normalized domain, ascending."""
+        raise NotImplementedError
+
+    @classmethod
+    def spacing(cls, k: float | torch.Tensor) -> float | torch.Tensor:
+        """Δ(k): distance between neighbouring levels in the normalized domain."""
+        raise NotImplementedError
+
+    @classmethod
+    def offset(cls, k: float | torch.Tensor) -> float | torch.Tensor:
+        """o(k): every level equals o(k) + m Δ(k) for some integer m."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, layer={self.layer!r}"
+
+
+class WeightQuantizer(Quantizer):
+    """Fake-quantizes a weight tensor; subclasses implement ``normalize`` and ``forward``."""
+
+    uses_output_scale: ClassVar[bool] = True
+
+    def __init__(self, bits: int, weight: torch.Tensor, layer: str = "", scale: str = "none") -> None:
+        super().__init__(bits, layer)
+        if scale not in SCALE_MODES:
+            raise ConfigError(f"invalid scale {scale!r} for layer {layer!r}: choose one of {', '.join(SCALE_MODES)}")
+        self.scale_mode = scale if self.uses_output_scale else "none"
+        if self.scale_mode == "learned":
+            init = finite_abs_max(weight.detach()).clamp_min(1e-8)
+            self.scale = nn.Parameter(init.reshape(()).clone())
+
+    def output_scale(self, w: torch.Tensor) -> torch.Tensor | float:
+        """The per-layer output scale s (1.0 for ``none``)."""
+        if self.scale_mode == "max":
+            return finite_abs_max(w.detach()).clamp_min(1e-8)
+        if self.scale_mode == "learned":
+            return self.scale.abs().clamp_min(1e-8)
+        return 1.0
+
+    def normalize(self, w: torch.Tensor) -> torch.Tensor:
+        """u(w): the weight in the normalized domain where the levels are evenly spaced."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", scale={self.scale_mode}"
+
+
+class ActQuantizer(Quantizer):
+    """Fake-quantizes the activation entering a layer."""
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An extra loss term this quantizer wants (PACT's L2 on α); None if none."""
+        return None
+
+
+def uniform_levels(low: float, high: float, count: int) -> torch.Tensor:
+    """``count`` evenly spaced levels from ``low`` to ``high`` in float64, then float32."""
+    return torch.linspace(low, high, count, dtype=torch.float64).float()

@@ -1,0 +1,85 @@
+"""LSQ: Learned Step Size Quantization (Esser et al. 2020, ICLR).
+
+Weights (signed, k >= 2): Q_N = 2^(k-1), Q_P = 2^(k-1) - 1,
+    w_q = round(clip(w / s, -Q_N, Q_P)) * s
+    s learned, initialised at 2 mean|w| / sqrt(Q_P), its gradient scaled by g = 1/sqrt(N Q_P)
+    (N = number of weights); u = w / s, levels -Q_N..Q_P, Δ = 1, o = 0. k = 1 is not defined.
+Activations (unsigned): Q_N = 0, Q_P = 2^k - 1, s initialised from the first batch seen
+    (2 mean|x| / sqrt(Q_P)), g = 1/sqrt(N_features Q_P).
+The STE through round gives the paper's step-size gradient: round(v) - v inside the clip range,
+-Q_N or Q_P outside.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lowbit.quant.base import ActQuantizer, WeightQuantizer
+from lowbit.quant.ste import finite_abs_mean, grad_scale, round_ste
+
+
+class LSQWeight(WeightQuantizer):
+    family = "lsq"
+    supported_bits = tuple(range(2, 9))
+    uses_output_scale = False
+
+    def __init__(self, bits: int, weight: torch.Tensor, layer: str = "", scale: str = "none") -> None:
+        super().__init__(bits, weight, layer, scale)
+        self.q_n, self.q_p = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+        init = 2.0 * finite_abs_mean(weight.detach()) / math.sqrt(self.q_p)
+        self.step = nn.Parameter(init.clamp_min(1e-8).reshape(()).clone())
+        self.grad_factor = 1.0 / math.sqrt(max(weight.numel(), 1) * self.q_p)
+
+    @classmethod
+    def levels(cls, k: int) -> torch.Tensor:
+        return torch.arange(-(2 ** (k - 1)), 2 ** (k - 1), dtype=torch.float32)
+
+    @classmethod
+    def spacing(cls, k):
+        return 1.0
+
+    @classmethod
+    def offset(cls, k):
+        return 0.0
+
+    def normalize(self, w: torch.Tensor) -> torch.Tensor:
+        return w / self.step.abs().clamp_min(1e-8)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        s = grad_scale(self.step.abs().clamp_min(1e-8), self.grad_factor)
+        return round_ste(torch.clamp(w / s, -self.q_n, self.q_p)) * s
+
+
+class LSQAct(ActQuantizer):
+    family = "lsq"
+
+    def __init__(self, bits: int, layer: str = "") -> None:
+        super().__init__(bits, layer)
+        self.q_p = 2**bits - 1
+        self.step = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @classmethod
+    def levels(cls, k: int) -> torch.Tensor:
+        return torch.arange(0, 2**k, dtype=torch.float32)
+
+    @classmethod
+    def spacing(cls, k):
+        return 1.0
+
+    @classmethod
+    def offset(cls, k):
+        return 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        if self.training and not bool(self.initialized):
+            with torch.no_grad():
+                self.step.copy_((2.0 * finite_abs_mean(xf) / math.sqrt(self.q_p)).clamp_min(1e-8))
+                self.initialized.fill_(True)
+        features = xf[0].numel() if xf.dim() > 1 else xf.numel()
+        s = grad_scale(self.step.abs().clamp_min(1e-8), 1.0 / math.sqrt(max(features, 1) * self.q_p))
+        return (round_ste(torch.clamp(xf / s, 0.0, self.q_p)) * s).to(x.dtype)

@@ -1,0 +1,79 @@
+"""The run folder every command writes (DESIGN.md): config.yaml, metrics.jsonl, result.json,
+plan.json, checkpoints and plots. Reports and export read only this format."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowbit import __version__
+from lowbit.errors import CheckpointError, ConfigError
+from lowbit.io import atomic_write_json, atomic_write_text
+from lowbit.runs.model_io import MODEL_FILE, TRAIN_STATE_FILE
+
+RESULT_FILE, CONFIG_FILE, METRICS_FILE, PLAN_FILE = "result.json", "config.yaml", "metrics.jsonl", "plan.json"
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / TRAIN_STATE_FILE
+
+    @property
+    def model_file(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def prepare(self, resume: bool) -> None:
+        """Create the folder, refusing to overwrite a finished or started run unless resuming."""
+        if resume:
+            if not self.checkpoint.exists():
+                raise CheckpointError(f"--resume: {self.checkpoint} does not exist; nothing to resume")
+            return
+        if self.path.exists() and any(self.path.iterdir()):
+            raise ConfigError(f"output folder {self.path} already holds a run; choose another --out, "
+                              "or pass --resume to continue it (nothing was overwritten)")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"output folder {self.path} is not writable: {exc.strerror or exc}") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        atomic_write_text(self.file(CONFIG_FILE), yaml.safe_dump(config, sort_keys=False))
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.file(RESULT_FILE), result)
+
+    def read_result(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.file(RESULT_FILE).read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{self.path} has no {RESULT_FILE}") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read {self.file(RESULT_FILE)}: {exc}") from None
+
+
+def environment() -> dict[str, Any]:
+    """What ran it: versions and machine, recorded in every result."""
+    import torch
+
+    return {"lowbit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

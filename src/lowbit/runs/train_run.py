@@ -1,0 +1,186 @@
+"""``lowbit train``: train a float or quantized zoo model on a dataset and write a run folder.
+
+The Python-level entry point is :func:`run_train` with :class:`TrainOptions`; the CLI only turns
+flags and YAML into options. Methods built on plain training (SinReQ, ...) extend it through
+``MethodHooks`` (loss terms, epoch callbacks, extra result fields).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.costs import model_costs
+from lowbit.data import ArrayLoader
+from lowbit.errors import ConfigError
+from lowbit.nn import layer_bits, quantize_, quantizer_aux_loss
+from lowbit.plan import Plan
+from lowbit.quant.bits import FLOAT_BITS, check_bits
+from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
+from lowbit.runs.build import load_model_and_data
+from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
+from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
+
+
+@dataclass
+class TrainOptions:
+    model: str = "lenet5"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: 0.05 for SGD, 0.001 for Adam
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
+    weight_decay: float = 5e-4
+    seed: int = 0
+    quantizer: str = NO_QUANTIZER
+    wbits: int | None = None
+    abits: int | None = None
+    scale: str = "auto"
+    plan: str | None = None
+    width_mult: float = 1.0
+    init: str | None = None
+    out: str | None = None
+    resume: bool = False
+    device: str = "cpu"
+    tensorboard: bool = False
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "seed"):
+            value = getattr(self, name)
+            low = 1 if name == "batch_size" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.quantizer not in list_quantizers():
+            QuantizerSpec(self.quantizer)  # raises with the allowed names
+        if self.plan is not None and (self.wbits is not None or self.abits is not None):
+            raise ConfigError("give either --plan or --wbits/--abits, not both")
+        for flag, bits in (("--wbits", self.wbits), ("--abits", self.abits)):
+            if bits is not None:
+                check_bits(bits, None, what=f"{flag} value")
+        if self.quantizer == NO_QUANTIZER and (self.plan or (self.wbits or 32) != 32 or (self.abits or 32) != 32):
+            raise ConfigError("low bits were asked for but --quantizer is 'none'; choose a quantizer "
+                              f"({', '.join(q for q in list_quantizers() if q != NO_QUANTIZER)})")
+        if not self.width_mult > 0:
+            raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
+
+    def build_plan(self) -> Plan | None:
+        if self.quantizer == NO_QUANTIZER:
+            return None
+        if self.plan is not None:
+            return Plan.load(self.plan)
+        return Plan.uniform(self.wbits if self.wbits is not None else 4,
+                            self.abits if self.abits is not None else FLOAT_BITS)
+
+    def train_config(self) -> TrainConfig:
+        lr = self.lr if self.lr is not None else (0.05 if self.optimizer == "sgd" else 1e-3)
+        return TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, schedule=self.schedule,
+                           weight_decay=self.weight_decay, device=self.device)
+
+    def default_out(self) -> str:
+        return f"runs/{self.model}-{self.dataset}-{self.method_name()}-s{self.seed}"
+
+    def method_name(self) -> str:
+        return "float" if self.quantizer == NO_QUANTIZER else self.quantizer
+
+
+@dataclass
+class MethodHooks:
+    """How a method changes plain training: a name suffix, loss terms, callbacks, result fields."""
+
+    suffix: str = ""
+    loss_terms: Callable[[nn.Module], Sequence[LossTerm]] = lambda model: ()
+    callbacks: Sequence[Callable[[int, nn.Module], dict[str, Any]]] = ()
+    result_fields: Callable[[nn.Module], dict[str, Any]] = lambda model: {}
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def is_quantizer_param(name: str) -> bool:
+    return "weight_quantizer." in name or "input_quantizer." in name
+
+
+def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter: Reporter | None = None,
+              command: str | None = None) -> dict[str, Any]:
+    """Train as ``options`` say, write the run folder, return ``result.json``'s content."""
+    hooks = hooks or MethodHooks()
+    reporter = reporter or Reporter()
+    options.validate()
+    config = options.train_config()
+    spec = QuantizerSpec(options.quantizer, scale=options.scale)
+    plan = options.build_plan()
+    if options.init is not None:
+        resolve_model_file(options.init)  # fail before any work if it is missing
+    run = RunFolder(options.out or options.default_out())
+    run.prepare(options.resume)
+    start = time.perf_counter()
+
+    torch.manual_seed(options.seed)
+    args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir,
+                                           seed=options.seed, width_mult=options.width_mult)
+    reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
+    reporter.log(note)
+    model = args.build()
+    fp_accuracy = None
+    if options.init is not None:
+        load_float_weights(model, options.init)
+        fp_accuracy = _init_accuracy(options.init)
+    resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
+
+    method = options.method_name() + hooks.suffix
+    run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
+                      **hooks.config})
+    if plan is not None:
+        Plan.from_layer_bits(resolved).save(run.file("plan.json"))
+
+    train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
+                               mean=data.mean, std=data.std)
+    test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
+    terms = list(hooks.loss_terms(model))
+    if plan is not None:
+        terms.append(LossTerm("quantizer_aux", quantizer_aux_loss))
+    metrics = MetricsWriter(run.metrics, run.file("tensorboard") if options.tensorboard else None)
+    try:
+        fit(model, train_loader, config, eval_loader=test_loader, loss_terms=terms, callbacks=hooks.callbacks,
+            no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume,
+            metrics=metrics, reporter=reporter)
+    finally:
+        metrics.close()
+    _, accuracy = evaluate(model, test_loader, config.device)
+    save_model(run.model_file, model, args, spec if plan is not None else None,
+               Plan.from_layer_bits(resolved) if plan is not None else None)
+
+    costs = model_costs(model)
+    bits = layer_bits(model)
+    result = {
+        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        "model": options.model, "model_args": args.to_dict(), "dataset": data.name,
+        "data": data.description, "method": method, "quantizer": spec.to_dict() if plan else None,
+        "seed": options.seed, "epochs": options.epochs,
+        "accuracy": accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
+        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
+        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
+        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
+        "wall_s": time.perf_counter() - start, "version": environment()["lowbit"], "environment": environment(),
+        **hooks.result_fields(model),
+    }
+    run.write_result(result)
+    reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
+                 f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)  -> {run.path}")
+    return result
+
+
+def _init_accuracy(init: str) -> float | None:
+    """The float reference accuracy when --init points at a float run folder."""
+    folder = RunFolder(init)
+    if not folder.file("result.json").exists():
+        return None
+    result = folder.read_result()
+    return result.get("accuracy") if result.get("method") == "float" else result.get("fp_accuracy")

@@ -1,0 +1,192 @@
+"""``fit`` and ``evaluate``: one training loop for every method.
+
+The loop knows nothing about quantization: methods plug in through ``LossTerm`` (a callable
+``model -> scalar`` with a weight schedule over training progress) and epoch callbacks that add
+fields to the epoch's metrics record. With a ``checkpoint_path`` the loop writes a checkpoint at
+the end of every epoch (model, optimizer, scheduler, RNG state, history); ``resume=True``
+continues from it and ends with the same weights as an uninterrupted run on CPU, because the
+data order of an epoch depends only on (seed, epoch) and the RNG state is restored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.errors import CheckpointError, NumericsError
+from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
+from lowbit.train.config import TrainConfig, build_optimizer, build_scheduler
+from lowbit.train.metrics import MetricsWriter
+from lowbit.train.progress import QUIET, Reporter
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LossTerm:
+    """An extra loss: ``weight(progress) * fn(model)``, progress = step / total steps in [0, 1]."""
+
+    name: str
+    fn: Callable[[nn.Module], torch.Tensor]
+    weight: Callable[[float], float] | float = 1.0
+
+    def weight_at(self, progress: float) -> float:
+        return float(self.weight(progress)) if callable(self.weight) else float(self.weight)
+
+
+EpochCallback = Callable[[int, nn.Module], dict[str, Any]]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from_epoch: int | None = None
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Batches, device: str | torch.device = "cpu") -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (a fraction) of ``model`` over ``loader``."""
+    was_training = model.training
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    model.train(was_training)
+    return (loss_sum / total, correct / total) if total else (float("nan"), float("nan"))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
+        eval_loader: Batches | None = None, eval_name: str = "test",
+        loss_terms: Sequence[LossTerm] = (), callbacks: Sequence[EpochCallback] = (),
+        no_decay: Callable[[str], bool] = lambda name: False,
+        checkpoint_path: str | Path | None = None, checkpoint_extra: dict[str, Any] | None = None,
+        resume: bool = False, metrics: MetricsWriter | None = None,
+        reporter: Reporter = QUIET) -> FitResult:
+    """Train ``model`` for ``config.epochs`` epochs on ``train_loader`` (len() = batches/epoch)."""
+    device = torch.device(config.device)
+    model.to(device)
+    optimizer = build_optimizer(model, config, no_decay)
+    scheduler = build_scheduler(optimizer, config)
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    result, start_epoch = FitResult(), 0
+
+    if resume:
+        if checkpoint_path is None or not Path(checkpoint_path).exists():
+            raise CheckpointError(f"--resume: no checkpoint to resume from at {checkpoint_path}")
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpoint_path} does not match this model/run: {exc}") from None
+        _set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        result.history = list(state.get("history", []))
+        result.resumed_from_epoch = int(state["epoch"])
+        if metrics is not None:
+            metrics.truncate_after(int(state["epoch"]))
+        reporter.log(f"resuming from the end of epoch {start_epoch} (checkpoint {checkpoint_path})")
+
+    steps_per_epoch = max(len(train_loader), 1)
+    total_steps = max(config.epochs * steps_per_epoch, 1)
+    for epoch in range(start_epoch, config.epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {"loss": 0.0, "task_loss": 0.0, **{t.name: 0.0 for t in loss_terms}}
+        seen, correct, n_batches = 0, 0, 0
+        with reporter.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
+            for i, (x, y) in enumerate(train_loader):
+                step = epoch * steps_per_epoch + i
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    logits = model(x)
+                    task = F.cross_entropy(logits.float(), y)
+                loss = task
+                for term in loss_terms:
+                    value = term.fn(model)
+                    sums[term.name] += float(value.detach())
+                    loss = loss + term.weight_at(step / total_steps) * value
+                if not torch.isfinite(loss):
+                    raise NumericsError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
+                                        "stopping (no checkpoint written for this epoch)")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if config.grad_clip is not None:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                sums["loss"] += float(loss.detach())
+                sums["task_loss"] += float(task.detach())
+                seen += y.numel()
+                n_batches += 1
+                correct += int((logits.argmax(1) == y).sum())
+                bar.advance(f"loss {sums['loss'] / (i + 1):.3f}")
+        n_batches = max(n_batches, 1)
+        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v / n_batches for k, v in sums.items()})
+        record["train_acc"] = correct / seen if seen else float("nan")
+        scheduler.step()
+        if eval_loader is not None:
+            record[f"{eval_name}_loss"], record[f"{eval_name}_acc"] = evaluate(model, eval_loader, device)
+        for callback in callbacks:
+            record.update(callback(epoch, model))
+        record["epoch_s"] = time.perf_counter() - t0
+        result.history.append(record)
+        if metrics is not None:
+            metrics.write(record)
+        reporter.log(_epoch_line(record, config.epochs, eval_name))
+        if checkpoint_path is not None:
+            _check_finite(model, epoch)
+            save_checkpoint(checkpoint_path, {
+                "kind": "train-state", "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(), "history": result.history, **(checkpoint_extra or {}),
+            })
+    return result
+
+
+def _check_finite(model: nn.Module, epoch: int) -> None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NumericsError(f"{name} holds non-finite values after epoch {epoch + 1}; no checkpoint written")
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, eval_name: str) -> str:
+    line = (f"epoch {record['epoch'] + 1:>3}/{epochs}  loss {record['train_loss']:.4f}  "
+            f"train {100 * record['train_acc']:5.2f}%")
+    if f"{eval_name}_acc" in record:
+        line += f"  {eval_name} {100 * record[f'{eval_name}_acc']:5.2f}%"
+    return line + f"  lr {record['lr']:.4g}  {record['epoch_s']:.1f}s"
