@@ -19,7 +19,7 @@ On disk (JSON)::
 
     {"format": "lowbit-plan", "version": 1,
      "default": {"weight": 2, "act": 32},
-     "first_last": {"weight": 8, "act": 8},            (or null: no pin)
+     "first_last": {"weight": 8, "act": 8},            (or null: no pin; absent: this default pin)
      "layers": {"features.0": {"weight": 4}, "layer3.*": {"weight": 3, "act": 4}}}
 
 A layer value may also be a bare integer, meaning weight bits.
@@ -34,13 +34,17 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from lowbit.errors import LowbitError, PlanError, did_you_mean
+from lowbit.errors import BitwidthError, LowbitError, PlanError, did_you_mean
 from lowbit.io import atomic_write_text
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 
 PLAN_FORMAT = "lowbit-plan"
 PLAN_VERSION = 1
 GLOB_CHARS = set("*?[")
+
+
+class PlanBitsError(PlanError, BitwidthError):
+    """A plan read from a dict/JSON holds invalid bits (both a PlanError and a BitwidthError)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,10 @@ class Plan:
             check_bits(self.first_last.weight, "first_last (weight)")
             check_bits(self.first_last.act, "first_last (act)")
         for entry in self.entries:
+            if not isinstance(entry.pattern, str) or not entry.pattern:
+                raise PlanError(f"plan layer names must be non-empty strings, got {entry.pattern!r}")
+            if entry.weight is None and entry.act is None:  # could not be written to JSON
+                raise PlanError(f"plan entry {entry.pattern!r} sets neither 'weight' nor 'act' bits")
             _bits_or_none(entry.weight, f"{entry.pattern} (weight)")
             _bits_or_none(entry.act, f"{entry.pattern} (act)")
 
@@ -156,6 +164,13 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any) -> Plan:
+        try:
+            return cls._from_dict(data)
+        except BitwidthError as exc:
+            raise PlanBitsError(f"invalid plan: {exc}") from None
+
+    @classmethod
+    def _from_dict(cls, data: Any) -> Plan:
         if not isinstance(data, dict):
             raise PlanError(f"a plan must be a JSON object, got {type(data).__name__}")
         if data.get("format") != PLAN_FORMAT:
@@ -168,7 +183,10 @@ class Plan:
             raise PlanError(f"unknown plan key {key!r}"
                             f"{did_you_mean(key, ['default', 'first_last', 'layers'])}")
         default = _layer_bits(data.get("default", {"weight": FLOAT_BITS, "act": FLOAT_BITS}), "default")
-        first_last = None if data.get("first_last") is None else _layer_bits(data["first_last"], "first_last")
+        if "first_last" not in data:  # absent: the default pin (as Plan()); null: no pin
+            first_last = cls.__dataclass_fields__["first_last"].default
+        else:
+            first_last = None if data["first_last"] is None else _layer_bits(data["first_last"], "first_last")
         layers = data.get("layers", {})
         if not isinstance(layers, dict):
             raise PlanError("plan 'layers' must be an object mapping layer names or globs to bits")

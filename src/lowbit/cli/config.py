@@ -27,7 +27,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:  # its str() spans several lines; the CLI prints one
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"cannot read config {path}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if data is None:
         return {}
@@ -80,5 +85,5 @@ def merge_options(cls: type[T], layers: list[dict[str, Any]]) -> T:
 
 def given_flags(args: argparse.Namespace, skip: tuple[str, ...] = ("config", "command", "func", "quiet", "debug")
                 ) -> dict[str, Any]:
-    """The flags the user actually gave (argparse defaults are None)."""
-    return {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    """The flags the user actually gave (argparse defaults are None); ``argv`` is main()'s record."""
+    return {k: v for k, v in vars(args).items() if v is not None and k not in skip and k != "argv"}

@@ -20,7 +20,7 @@ from lowbit.train import Reporter
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"demo output folder {out} is not empty; choose another --out (nothing was overwritten)")
     reporter = Reporter(quiet=args.quiet)
     epochs = 3 if args.fast else 8
@@ -35,13 +35,13 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for label, options in runs:
         reporter.log(f"\n[bold cyan]== {label} ==[/]")
-        results.append((label, run_train(options, reporter=reporter, command=f"lowbit demo ({label})")))
+        results.append((label, options.out, run_train(options, reporter=reporter, command=f"lowbit demo ({label})")))
     table = Table(title=f"lowbit demo: lenet5 on digits, {epochs} epochs, seed 0", header_style="bold")
     for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "run folder"):
         table.add_column(col)
-    for label, r in results:
+    for label, folder, r in results:
         table.add_row(label, f"{100 * r['accuracy']:.2f}%", f"{r['avg_bits']:.2f}", f"{r['size_bytes']:,} B",
-                      f"{r['compression']:.1f}x", str(out / Path(r.get("run", label))))
+                      f"{r['compression']:.1f}x", str(folder))
     console = Console()
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; run folders under {out}")

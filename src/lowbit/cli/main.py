@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as result.json's "command"
     try:
         return int(args.func(args) or 0)
     except LowbitError as exc:

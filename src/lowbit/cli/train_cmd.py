@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from lowbit.cli.config import given_flags, merge_options, read_yaml
@@ -38,6 +39,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder to write (default runs/MODEL-DATASET-METHOD-sSEED)")
     parser.add_argument("--resume", action="store_true", default=None, help="continue an interrupted run in --out")
     parser.add_argument("--device", choices=("cpu", "cuda"))
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; "
+                        "use 1 when other jobs share the cores)")
     parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
 
 
@@ -53,7 +56,13 @@ def options_from_args(args: argparse.Namespace, cls: type = TrainOptions):
     return merge_options(cls, layers)
 
 
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command as the user typed it (main() records argv; None falls back to sys.argv)."""
+    argv = getattr(args, "argv", None)
+    return shlex.join(["lowbit", *argv]) if argv is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    run_train(options, reporter=Reporter(quiet=args.quiet))
+    run_train(options, reporter=Reporter(quiet=args.quiet), command=command_line(args))
     return 0

@@ -76,10 +76,10 @@ class LSQAct(ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        if self.training and not bool(self.initialized):
+        if self.training and xf.numel() and not bool(self.initialized):  # an empty batch does not count
             with torch.no_grad():
                 self.step.copy_((2.0 * finite_abs_mean(xf) / math.sqrt(self.q_p)).clamp_min(1e-8))
                 self.initialized.fill_(True)
-        features = xf[0].numel() if xf.dim() > 1 else xf.numel()
+        features = math.prod(xf.shape[1:]) if xf.dim() > 1 else xf.numel()
         s = grad_scale(self.step.abs().clamp_min(1e-8), 1.0 / math.sqrt(max(features, 1) * self.q_p))
         return (round_ste(torch.clamp(xf / s, 0.0, self.q_p)) * s).to(x.dtype)

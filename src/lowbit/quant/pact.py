@@ -14,6 +14,7 @@ from torch import nn
 
 from lowbit.quant.base import ActQuantizer
 from lowbit.quant.dorefa import DoReFaAct, DoReFaWeight
+from lowbit.quant.ste import ste
 
 
 class PACTWeight(DoReFaWeight):
@@ -34,10 +35,12 @@ class PACTAct(ActQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         alpha = self.alpha.abs().clamp_min(1e-8)
-        y = torch.minimum(torch.relu(xf), alpha)
+        # clip(x, 0, α) with the paper's gradients at the boundaries too: dy/dx = 1 on [0, α),
+        # dy/dα = 1 where x >= α (relu/minimum would give 0 at x = 0 and split 1/2-1/2 at x = α)
+        y = torch.where(xf >= alpha, alpha, torch.where(xf < 0, torch.zeros_like(xf), xf))
         n = 2**self.bits - 1
         y_q = torch.round(y * (n / alpha)) * (alpha / n)
-        return (y + (y_q - y).detach()).to(x.dtype)
+        return ste(y, y_q).to(x.dtype)
 
     def aux_loss(self) -> torch.Tensor:
         return 0.5 * self.alpha_decay * self.alpha**2

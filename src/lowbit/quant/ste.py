@@ -13,9 +13,18 @@ from __future__ import annotations
 import torch
 
 
+def ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Forward: exactly ``y``. Backward: the gradient goes to ``x`` unchanged (zero where ``x`` is +-inf or NaN).
+
+    (``x + (y - x).detach()`` would lose precision when ``|x| >> |y|`` and give NaN at x = +-inf.)
+    """
+    delta = x - x.detach()  # exactly 0 where x is finite, carries x's gradient
+    return y.detach() + torch.where(torch.isfinite(x), delta, torch.zeros_like(delta))
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
     """Round half to even in the forward pass, identity gradient in the backward pass."""
-    return x + (torch.round(x) - x).detach()
+    return ste(x, torch.round(x))
 
 
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
@@ -25,13 +34,13 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
     """
     sign = torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
     sign = torch.where(torch.isnan(x), x, sign)
-    return x + (sign - x).detach()
+    return ste(x, sign)
 
 
 def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Forward: x. Backward: gradient multiplied by ``scale`` (LSQ's step-size gradient scaling)."""
     scaled = x * scale
-    return (x - scaled).detach() + scaled
+    return x.detach() + (scaled - scaled.detach())  # forward exactly x
 
 
 def finite_abs_max(x: torch.Tensor) -> torch.Tensor:

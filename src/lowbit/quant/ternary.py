@@ -15,7 +15,7 @@ import torch
 
 from lowbit.quant.base import WeightQuantizer, uniform_levels
 from lowbit.quant.dorefa import DoReFaAct
-from lowbit.quant.ste import finite_abs_max, finite_abs_mean, keep_nan, round_ste, sign_ste
+from lowbit.quant.ste import finite_abs_max, finite_abs_mean, keep_nan, round_ste, sign_ste, ste
 from lowbit.quant.wrpn import WRPNWeight
 
 TWN_THRESHOLD = 0.7
@@ -50,11 +50,11 @@ class TernaryWeight(WeightQuantizer):
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         a = self.level_scale(w)
         if self.bits == 1:
-            return a * sign_ste(w)
+            return ste(w, a * sign_ste(w.detach()))  # gradient to w unchanged (not scaled by a)
         if self.bits == 2:
             threshold = TWN_THRESHOLD * finite_abs_mean(w.detach())
-            ternary = torch.sign(w) * (w.abs() > threshold)
-            return keep_nan(w, w + (a * ternary - w).detach())
+            ternary = torch.sign(w.detach()) * (w.detach().abs() > threshold)
+            return keep_nan(w, ste(w, a * ternary))
         n = 2 ** (self.bits - 1) - 1
         return a * round_ste(torch.clamp(w / a, -1.0, 1.0) * n) / n
 

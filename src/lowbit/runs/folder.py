@@ -38,15 +38,28 @@ class RunFolder:
     def metrics(self) -> Path:
         return self.path / METRICS_FILE
 
-    def prepare(self, resume: bool) -> None:
-        """Create the folder, refusing to overwrite a finished or started run unless resuming."""
+    def check(self, resume: bool) -> None:
+        """Raise if this folder cannot take a new run (or, resuming, has nothing to resume); changes nothing."""
         if resume:
             if not self.checkpoint.exists():
                 raise CheckpointError(f"--resume: {self.checkpoint} does not exist; nothing to resume")
             return
-        if self.path.exists() and any(self.path.iterdir()):
-            raise ConfigError(f"output folder {self.path} already holds a run; choose another --out, "
-                              "or pass --resume to continue it (nothing was overwritten)")
+        if self.path.is_dir():
+            if any(self.path.iterdir()):
+                raise ConfigError(f"output folder {self.path} already holds a run; choose another --out, "
+                                  "or pass --resume to continue it (nothing was overwritten)")
+            return
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.exists() and not existing.is_dir():
+            raise ConfigError(f"output folder {self.path} cannot be created: {existing} is a file, not a folder")
+
+    def prepare(self, resume: bool) -> None:
+        """Create the folder, refusing to overwrite a finished or started run unless resuming."""
+        self.check(resume)
+        if resume:
+            return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"

@@ -57,6 +57,8 @@ def resolve_model_file(path: str | Path) -> Path:
         path = path / MODEL_FILE
         if not path.exists():
             raise CheckpointError(f"run folder {path.parent} has no {MODEL_FILE} (did the run finish?)")
+    elif not path.exists():
+        raise CheckpointError(f"model not found: {path} (expected a model file or a run folder)")
     return path
 
 

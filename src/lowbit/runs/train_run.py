@@ -11,21 +11,23 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from lowbit.costs import model_costs
-from lowbit.data import ArrayLoader
-from lowbit.errors import ConfigError
+from lowbit.data import ArrayLoader, list_datasets
+from lowbit.models import model_info
+from lowbit.errors import ConfigError, unknown_name
 from lowbit.nn import layer_bits, quantize_, quantizer_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder, environment
-from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
+from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 
 
@@ -51,12 +53,18 @@ class TrainOptions:
     out: str | None = None
     resume: bool = False
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
     tensorboard: bool = False
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "seed"):
+        model_info(self.model)  # unknown names fail here, before any folder is created
+        if self.dataset not in list_datasets():
+            raise unknown_name("dataset", self.dataset, list_datasets())
+        for name in ("epochs", "batch_size", "seed", "threads"):
             value = getattr(self, name)
-            low = 1 if name == "batch_size" else 0
+            if name == "threads" and value is None:
+                continue
+            low = 1 if name in ("batch_size", "threads") else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.quantizer not in list_quantizers():
@@ -119,9 +127,10 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     if options.init is not None:
         resolve_model_file(options.init)  # fail before any work if it is missing
     run = RunFolder(options.out or options.default_out())
-    run.prepare(options.resume)
+    run.check(options.resume)  # created below, once the model is built: a user error leaves no folder
     start = time.perf_counter()
-
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir,
                                            seed=options.seed, width_mult=options.width_mult)
@@ -135,6 +144,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
 
     method = options.method_name() + hooks.suffix
+    run.prepare(options.resume)
     run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
                       **hooks.config})
     if plan is not None:
@@ -179,7 +189,8 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
 
 def _init_accuracy(init: str) -> float | None:
     """The float reference accuracy when --init points at a float run folder."""
-    folder = RunFolder(init)
+    path = Path(init)
+    folder = RunFolder(path if path.is_dir() or path.name != MODEL_FILE else path.parent)
     if not folder.file("result.json").exists():
         return None
     result = folder.read_result()

@@ -78,9 +78,10 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states must be CPU ByteTensors, whatever device the checkpoint was mapped to
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
@@ -102,19 +103,24 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
     if resume:
         if checkpoint_path is None or not Path(checkpoint_path).exists():
             raise CheckpointError(f"--resume: no checkpoint to resume from at {checkpoint_path}")
-        state = load_checkpoint(checkpoint_path, map_location=device)
+        # loaded on the CPU: load_state_dict copies onto the model's/optimizer's device, and the
+        # RNG states must stay CPU tensors
+        state = load_checkpoint(checkpoint_path, map_location="cpu")
         try:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
+            if use_amp and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            rng, last_epoch = state["rng"], int(state["epoch"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{checkpoint_path} does not match this model/run: {exc}") from None
-        _set_rng_state(state["rng"])
-        start_epoch = int(state["epoch"]) + 1
+        _set_rng_state(rng)
+        start_epoch = last_epoch + 1
         result.history = list(state.get("history", []))
-        result.resumed_from_epoch = int(state["epoch"])
+        result.resumed_from_epoch = last_epoch
         if metrics is not None:
-            metrics.truncate_after(int(state["epoch"]))
+            metrics.truncate_after(last_epoch)
         reporter.log(f"resuming from the end of epoch {start_epoch} (checkpoint {checkpoint_path})")
 
     steps_per_epoch = max(len(train_loader), 1)
@@ -173,7 +179,8 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
             save_checkpoint(checkpoint_path, {
                 "kind": "train-state", "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(), "history": result.history, **(checkpoint_extra or {}),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": result.history,
+                **(checkpoint_extra or {}),
             })
     return result
 

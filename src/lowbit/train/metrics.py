@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lowbit.io import atomic_write_text
+
 
 class MetricsWriter:
     def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None) -> None:
@@ -26,9 +28,8 @@ class MetricsWriter:
         """On resume: drop lines of epochs after ``epoch`` (written after the last checkpoint)."""
         if self.path is None or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", -1) <= epoch]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [line for line in self.path.read_text().splitlines() if _epoch_of(line) <= epoch]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
@@ -47,6 +48,15 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a metrics line; +inf for a blank or torn line (a crash mid-append), so it is dropped."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    return record.get("epoch", -1) if isinstance(record, dict) else math.inf
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
