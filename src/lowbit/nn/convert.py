@@ -47,8 +47,10 @@ def layer_bits(model: nn.Module) -> "OrderedDict[str, LayerBits]":
 
 def followed_by_norm(model: nn.Module) -> set[str]:
     """Names of quantizable layers whose next leaf module is a normalization layer."""
+    layers = [name for name, m in model.named_modules() if name and float_type(m) is not None]
     leaves = [(name, m) for name, m in model.named_modules()
-              if name and (float_type(m) is not None or not any(True for _ in m.children()))]
+              if name and (float_type(m) is not None or not any(True for _ in m.children()))
+              and not any(name.startswith(layer + ".") for layer in layers)]  # skip a layer's quantizers
     return {name for (name, m), (_, nxt) in zip(leaves, leaves[1:])
             if float_type(m) is not None and isinstance(nxt, _NORM_TYPES)}
 
@@ -94,6 +96,7 @@ def quantize_(model: nn.Module, plan: Plan | None = None,
         qmod = empty_like_layer(flt, QUANT_CLASS[type(flt)])
         qmod._attach(name, wq, aq)
         qmod.to(flt.weight.device)
+        qmod.train(flt.training)  # the new quantizers follow the layer's mode (LSQ initialises in training)
         built[name] = qmod
     for name, module in built.items():
         _set_module(model, name, module)

@@ -24,6 +24,8 @@ def check_bits(bits: object, layer: str | None = None, allowed: Collection[int] 
                what: str = "bitwidth") -> int:
     """Return ``bits`` as an int, or raise :class:`BitwidthError` naming the layer and allowed values."""
     where = f" for layer {layer!r}" if layer else ""
+    if not isinstance(bits, (bool, int)) and hasattr(bits, "__index__"):  # numpy ints from a Discrete action
+        bits = bits.__index__()
     if isinstance(bits, bool) or not isinstance(bits, int):
         if isinstance(bits, float) and bits.is_integer():
             bits = int(bits)
