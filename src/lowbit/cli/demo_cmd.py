@@ -38,11 +38,13 @@ def run(args: argparse.Namespace) -> int:
         results.append((label, options.out, run_train(options, reporter=reporter, command=f"lowbit demo ({label})")))
     table = Table(title=f"lowbit demo: lenet5 on digits, {epochs} epochs, seed 0", header_style="bold")
     for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "run folder"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for label, folder, r in results:
         table.add_row(label, f"{100 * r['accuracy']:.2f}%", f"{r['avg_bits']:.2f}", f"{r['size_bytes']:,} B",
                       f"{r['compression']:.1f}x", str(folder))
     console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the run folders
+        console = Console(width=120)
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; run folders under {out}")
     return 0

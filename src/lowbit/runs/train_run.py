@@ -169,6 +169,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
 
     costs = model_costs(model)
     bits = layer_bits(model)
+    env = environment()
     result = {
         "command": command or " ".join(["lowbit", *sys.argv[1:]]),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name,
@@ -178,7 +179,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
         "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
         "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
         "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
-        "wall_s": time.perf_counter() - start, "version": environment()["lowbit"], "environment": environment(),
+        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
         **hooks.result_fields(model),
     }
     run.write_result(result)
