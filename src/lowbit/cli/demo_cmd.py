@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                       f"{r['compression']:.1f}x", str(folder))
     console = Console()
     if not console.is_terminal:  # logs and CI: wide enough for the run folders
-        console = Console(width=120)
+        console = Console(width=200)
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; run folders under {out}")
     return 0
