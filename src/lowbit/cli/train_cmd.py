@@ -41,6 +41,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; "
                         "use 1 when other jobs share the cores)")
+    parser.add_argument("--sinreq", type=float, metavar="LAMBDA", help="add the SinReQ regularizer with weight LAMBDA")
+    parser.add_argument("--sinreq-schedule", choices=("constant", "warmup", "three-phase"),
+                        help="SinReQ lambda schedule (default constant)")
+    parser.add_argument("--sinreq-domain", choices=("aligned", "raw"),
+                        help="aligned: through the quantizer's u(w) (default); raw: on the raw weight")
     parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
 
 
@@ -64,5 +69,14 @@ def command_line(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    run_train(options, reporter=Reporter(quiet=args.quiet), command=command_line(args))
+    hooks = None
+    if options.quantizer != "none":
+        from lowbit.runs.sinreq_hooks import quantized_run_hooks
+
+        hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain)
+    elif options.sinreq is not None:
+        from lowbit.errors import ConfigError
+
+        raise ConfigError("--sinreq needs a quantizer (it pulls weights onto that quantizer's levels)")
+    run_train(options, hooks=hooks, reporter=Reporter(quiet=args.quiet), command=command_line(args))
     return 0

@@ -55,6 +55,9 @@ class TrainOptions:
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     tensorboard: bool = False
+    sinreq: float | None = None  # SinReQ weight λ (lowbit train --sinreq)
+    sinreq_schedule: str = "constant"
+    sinreq_domain: str = "aligned"
 
     def validate(self) -> None:
         model_info(self.model)  # unknown names fail here, before any folder is created
