@@ -36,21 +36,22 @@ class DoReFaWeight(WeightQuantizer):
             return 1.0
         return cls.spacing(k) / 2.0
 
-    def normalize(self, w: torch.Tensor) -> torch.Tensor:
-        v = w / self.output_scale(w)
+    def _unit(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """u from v = w / s, with the 1-bit magnitude E (1.0 for k >= 2)."""
         if self.bits == 1:
-            return v / finite_abs_mean(v.detach()).clamp_min(1e-12)
+            e = finite_abs_mean(v.detach()).clamp_min(1e-12)
+            return v / e, e
         t = torch.tanh(v)
-        return t / finite_abs_max(t).clamp_min(1e-12)
+        return t / finite_abs_max(t).clamp_min(1e-12), 1.0
+
+    def normalize(self, w: torch.Tensor) -> torch.Tensor:
+        return self._unit(w / self.output_scale(w))[0]
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         s = self.output_scale(w)
-        v = w / s
+        u, e = self._unit(w / s)
         if self.bits == 1:
-            e = finite_abs_mean(v.detach()).clamp_min(1e-12)
-            return s * e * sign_ste(v / e)
-        t = torch.tanh(v)
-        u = t / finite_abs_max(t).clamp_min(1e-12)
+            return s * e * sign_ste(u)
         n = 2**self.bits - 1
         return s * (2.0 * round_ste((u + 1.0) / 2.0 * n) / n - 1.0)
 

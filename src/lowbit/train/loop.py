@@ -10,6 +10,7 @@ data order of an epoch depends only on (seed, epoch) and the RNG state is restor
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,8 +131,11 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
             train_loader.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
-        sums: dict[str, float] = {"loss": 0.0, "task_loss": 0.0, **{t.name: 0.0 for t in loss_terms}}
-        seen, correct, n_batches = 0, 0, 0
+        # running sums stay on the device (float64); the finite check is the step's one host sync
+        sums = {name: torch.zeros((), dtype=torch.float64, device=device)
+                for name in ("loss", "task_loss", *(t.name for t in loss_terms))}
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        seen, n_batches, running_loss = 0, 0, 0.0
         with reporter.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
             for i, (x, y) in enumerate(train_loader):
                 step = epoch * steps_per_epoch + i
@@ -142,10 +146,11 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                 loss = task
                 for term in loss_terms:
                     value = term.fn(model)
-                    sums[term.name] += float(value.detach())
+                    sums[term.name] += value.detach()
                     loss = loss + term.weight_at(step / total_steps) * value
-                if not torch.isfinite(loss):
-                    raise NumericsError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {i + 1}; "
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise NumericsError(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {i + 1}; "
                                         "stopping (no checkpoint written for this epoch)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -154,16 +159,18 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
-                sums["loss"] += float(loss.detach())
-                sums["task_loss"] += float(task.detach())
+                sums["loss"] += loss_value
+                running_loss += loss_value
+                sums["task_loss"] += task.detach()
                 seen += y.numel()
                 n_batches += 1
-                correct += int((logits.argmax(1) == y).sum())
-                bar.advance(f"loss {sums['loss'] / (i + 1):.3f}")
+                correct += (logits.argmax(1) == y).sum()
+                bar.advance(f"loss {running_loss / n_batches:.3f}")
         n_batches = max(n_batches, 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v / n_batches for k, v in sums.items()})
-        record["train_acc"] = correct / seen if seen else float("nan")
+        record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v.item() / n_batches
+                       for k, v in sums.items()})
+        record["train_acc"] = correct.item() / seen if seen else float("nan")
         scheduler.step()
         if eval_loader is not None:
             record[f"{eval_name}_loss"], record[f"{eval_name}_acc"] = evaluate(model, eval_loader, device)
