@@ -69,14 +69,5 @@ def command_line(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    hooks = None
-    if options.quantizer != "none":
-        from lowbit.runs.sinreq_hooks import quantized_run_hooks
-
-        hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain)
-    elif options.sinreq is not None:
-        from lowbit.errors import ConfigError
-
-        raise ConfigError("--sinreq needs a quantizer (it pulls weights onto that quantizer's levels)")
-    run_train(options, hooks=hooks, reporter=Reporter(quiet=args.quiet), command=command_line(args))
+    run_train(options, reporter=Reporter(quiet=args.quiet), command=command_line(args))
     return 0

@@ -21,6 +21,7 @@ from torch import nn
 from lowbit.errors import BitwidthError
 from lowbit.nn.modules import QUANT_CLASS, QuantLayer, empty_like_layer, float_type
 from lowbit.plan import LayerBits, Plan
+from lowbit.quant.base import ActQuantizer
 from lowbit.quant.bits import FLOAT_BITS
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
 
@@ -119,10 +120,15 @@ def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
     return model
 
 
+def quantizers_with_aux_loss(model: nn.Module) -> list[ActQuantizer]:
+    """The activation quantizers that add a loss term of their own (PACT's L2 on α)."""
+    return [m for m in model.modules()
+            if isinstance(m, ActQuantizer) and type(m).aux_loss is not ActQuantizer.aux_loss]
+
+
 def quantizer_aux_loss(model: nn.Module) -> torch.Tensor:
     """The sum of the quantizers' own loss terms (PACT's L2 on α); a zero tensor if none."""
-    terms = [m.aux_loss() for m in model.modules() if hasattr(m, "aux_loss") and callable(m.aux_loss)]
-    terms = [t for t in terms if t is not None]
+    terms = [t for t in (m.aux_loss() for m in quantizers_with_aux_loss(model)) if t is not None]
     if not terms:
         ref = next(model.parameters(), None)
         return torch.zeros((), device=ref.device if ref is not None else "cpu")

@@ -9,7 +9,7 @@ from torch import nn
 
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import SinReQ, grid_distance
-from lowbit.runs.train_run import MethodHooks
+from lowbit.runs.hooks import MethodHooks
 
 
 def grid_distance_fields(epoch: int, model: nn.Module) -> dict[str, Any]:

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.models import model_info
 from lowbit.errors import ConfigError, unknown_name
-from lowbit.nn import layer_bits, quantize_, quantizer_aux_loss
+from lowbit.nn import layer_bits, quantize_, quantizers_with_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
+from lowbit.reg.schedules import make_schedule
+from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
 from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.hooks import MethodHooks
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
+from lowbit.runs.sinreq_hooks import quantized_run_hooks
 from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 
 
@@ -80,6 +82,12 @@ class TrainOptions:
         if self.quantizer == NO_QUANTIZER and (self.plan or (self.wbits or 32) != 32 or (self.abits or 32) != 32):
             raise ConfigError("low bits were asked for but --quantizer is 'none'; choose a quantizer "
                               f"({', '.join(q for q in list_quantizers() if q != NO_QUANTIZER)})")
+        if self.sinreq is not None and self.quantizer == NO_QUANTIZER:
+            raise ConfigError("--sinreq needs a quantizer (it pulls weights onto that quantizer's levels)")
+        if self.sinreq is not None:
+            make_schedule(self.sinreq_schedule, self.sinreq)
+        if self.sinreq_domain not in SINREQ_DOMAINS:
+            raise ConfigError(f"unknown SinReQ domain {self.sinreq_domain!r}; choose one of {', '.join(SINREQ_DOMAINS)}")
         if not self.width_mult > 0:
             raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
 
@@ -103,17 +111,6 @@ class TrainOptions:
         return "float" if self.quantizer == NO_QUANTIZER else self.quantizer
 
 
-@dataclass
-class MethodHooks:
-    """How a method changes plain training: a name suffix, loss terms, callbacks, result fields."""
-
-    suffix: str = ""
-    loss_terms: Callable[[nn.Module], Sequence[LossTerm]] = lambda model: ()
-    callbacks: Sequence[Callable[[int, nn.Module], dict[str, Any]]] = ()
-    result_fields: Callable[[nn.Module], dict[str, Any]] = lambda model: {}
-    config: dict[str, Any] = field(default_factory=dict)
-
-
 def is_quantizer_param(name: str) -> bool:
     return "weight_quantizer." in name or "input_quantizer." in name
 
@@ -121,9 +118,11 @@ def is_quantizer_param(name: str) -> bool:
 def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter: Reporter | None = None,
               command: str | None = None) -> dict[str, Any]:
     """Train as ``options`` say, write the run folder, return ``result.json``'s content."""
-    hooks = hooks or MethodHooks()
     reporter = reporter or Reporter()
     options.validate()
+    hooks = hooks or MethodHooks()
+    if options.quantizer != NO_QUANTIZER:
+        hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain).combine(hooks)
     config = options.train_config()
     spec = QuantizerSpec(options.quantizer, scale=options.scale)
     plan = options.build_plan()
@@ -157,8 +156,9 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
                                mean=data.mean, std=data.std)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     terms = list(hooks.loss_terms(model))
-    if plan is not None:
-        terms.append(LossTerm("quantizer_aux", quantizer_aux_loss))
+    aux_quantizers = quantizers_with_aux_loss(model)  # found once, not at every step
+    if aux_quantizers:
+        terms.append(LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux_quantizers]).sum()))
     metrics = MetricsWriter(run.metrics, run.file("tensorboard") if options.tensorboard else None)
     try:
         fit(model, train_loader, config, eval_loader=test_loader, loss_terms=terms, callbacks=hooks.callbacks,
