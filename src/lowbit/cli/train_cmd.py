@@ -46,6 +46,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="SinReQ lambda schedule (default constant)")
     parser.add_argument("--sinreq-domain", choices=("aligned", "raw"),
                         help="aligned: through the quantizer's u(w) (default); raw: on the raw weight")
+    parser.add_argument("--sinreq-mode", choices=("qat", "pre"),
+                        help="qat: on top of quantized training (default); pre: float phase, then quantize")
+    parser.add_argument("--val-fraction", type=float,
+                        help="hold out this share of the training split for validation (default 0)")
     parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
 
 

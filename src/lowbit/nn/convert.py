@@ -120,6 +120,12 @@ def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
     return model
 
 
+def set_fake_quant(model: nn.Module, enabled: bool) -> None:
+    """Run every quantized layer's forward pass fake-quantized (True) or float (False)."""
+    for layer in quantized_layers(model).values():
+        layer.fake_quant = enabled
+
+
 def quantizers_with_aux_loss(model: nn.Module) -> list[ActQuantizer]:
     """The activation quantizers that add a loss term of their own (PACT's L2 on α)."""
     return [m for m in model.modules()

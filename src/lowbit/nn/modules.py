@@ -19,12 +19,18 @@ FLOAT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linea
 
 
 class QuantLayer:
-    """Mixin holding the quantizers and the bits of one layer."""
+    """Mixin holding the quantizers and the bits of one layer.
+
+    ``fake_quant`` (default True) switches the forward pass between fake-quantized and float while
+    keeping the quantizers attached, so a regularizer can use their geometry on a float model.
+    """
 
     weight: nn.Parameter
     weight_quantizer: WeightQuantizer | None
     input_quantizer: ActQuantizer | None
     layer_name: str
+
+    fake_quant: bool = True  # False: the forward pass runs float (SinReQ's pre-quantization phase)
 
     def _attach(self, name: str, wq: WeightQuantizer | None, aq: ActQuantizer | None) -> None:
         self.layer_name = name
@@ -43,23 +49,26 @@ class QuantLayer:
         """The weight the forward pass uses (fake-quantized, or the float weight at 32 bits)."""
         return self.weight_quantizer(self.weight) if self.weight_quantizer is not None else self.weight
 
+    def _forward_weight(self) -> torch.Tensor:
+        return self.effective_weight() if self.fake_quant else self.weight
+
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return self.input_quantizer(x) if self.input_quantizer is not None else x
+        return self.input_quantizer(x) if self.input_quantizer is not None and self.fake_quant else x
 
 
 class QuantConv1d(QuantLayer, nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quantize_input(x), self.effective_weight(), self.bias)
+        return self._conv_forward(self._quantize_input(x), self._forward_weight(), self.bias)
 
 
 class QuantConv2d(QuantLayer, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self._quantize_input(x), self.effective_weight(), self.bias)
+        return self._conv_forward(self._quantize_input(x), self._forward_weight(), self.bias)
 
 
 class QuantLinear(QuantLayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._quantize_input(x), self.effective_weight(), self.bias)
+        return F.linear(self._quantize_input(x), self._forward_weight(), self.bias)
 
 
 QUANT_CLASS: dict[type[nn.Module], type[nn.Module]] = {

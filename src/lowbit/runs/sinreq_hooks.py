@@ -1,5 +1,11 @@
-"""The hooks ``lowbit train`` adds to a quantized run: SinReQ (METHODS.md section 2) when asked,
-and the grid distance of the weights to their quantizer's levels for every quantized run."""
+"""The hooks ``run_train`` adds to a quantized run: SinReQ (METHODS.md section 2) when asked,
+and the grid distance of the weights to their quantizer's levels for every quantized run.
+
+SinReQ modes: ``qat`` (the papers' main mode) adds the penalty on top of quantized training;
+``pre`` trains with a float forward pass (the quantizers stay attached so the penalty uses their
+geometry) and switches fake quantization on only after training: a regularized float phase
+followed by quantization.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,12 @@ from typing import Any
 
 from torch import nn
 
+from lowbit.nn import set_fake_quant
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import SinReQ, grid_distance
 from lowbit.runs.hooks import MethodHooks
+
+SINREQ_MODES = ("qat", "pre")
 
 
 def grid_distance_fields(epoch: int, model: nn.Module) -> dict[str, Any]:
@@ -18,18 +27,24 @@ def grid_distance_fields(epoch: int, model: nn.Module) -> dict[str, Any]:
     return {"grid_distance": mean, "grid_distance_layers": per_layer}
 
 
-def quantized_run_hooks(sinreq: float | None, schedule: str = "constant", domain: str = "aligned") -> MethodHooks:
+def quantized_run_hooks(sinreq: float | None, schedule: str = "constant", domain: str = "aligned",
+                        mode: str = "qat") -> MethodHooks:
     """Grid distance always; SinReQ with weight ``sinreq`` and its schedule when ``sinreq`` is set."""
+    settings = {"lambda": sinreq, "schedule": schedule, "domain": domain, "mode": mode}
+
     def result_fields(model: nn.Module) -> dict[str, Any]:
-        mean, per_layer = grid_distance(model)
-        fields: dict[str, Any] = {"grid_distance": mean, "grid_distance_layers": per_layer}
+        fields = grid_distance_fields(-1, model)
         if sinreq is not None:
-            fields["sinreq"] = {"lambda": sinreq, "schedule": schedule, "domain": domain}
+            fields["sinreq"] = settings
         return fields
 
     if sinreq is None:
         return MethodHooks(callbacks=[grid_distance_fields], result_fields=result_fields)
     lam = make_schedule(schedule, sinreq)
-    return MethodHooks(suffix="+sinreq", loss_terms=lambda model: [SinReQ(model, domain=domain).as_loss_term(lam)],
+    pre = mode == "pre"
+    return MethodHooks(suffix="+sinreq" + ("-pre" if pre else ""),
+                       loss_terms=lambda model: [SinReQ(model, domain=domain).as_loss_term(lam)],
                        callbacks=[grid_distance_fields], result_fields=result_fields,
-                       config={"sinreq": sinreq, "sinreq_schedule": schedule, "sinreq_domain": domain})
+                       config={f"sinreq_{k}" if k != "lambda" else "sinreq": v for k, v in settings.items()},
+                       before_fit=(lambda model: set_fake_quant(model, False)) if pre else (lambda model: None),
+                       after_fit=(lambda model: set_fake_quant(model, True)) if pre else (lambda model: None))

@@ -29,7 +29,8 @@ from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder, environment
 from lowbit.runs.hooks import MethodHooks
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
-from lowbit.runs.sinreq_hooks import quantized_run_hooks
+from lowbit.runs.plots import write_weight_plot
+from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
 from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 
 
@@ -60,6 +61,8 @@ class TrainOptions:
     sinreq: float | None = None  # SinReQ weight λ (lowbit train --sinreq)
     sinreq_schedule: str = "constant"
     sinreq_domain: str = "aligned"
+    sinreq_mode: str = "qat"  # qat: on top of quantized training; pre: float phase, then quantize
+    val_fraction: float = 0.0  # hold out this share of train as a validation split (never test)
 
     def validate(self) -> None:
         model_info(self.model)  # unknown names fail here, before any folder is created
@@ -88,6 +91,10 @@ class TrainOptions:
             make_schedule(self.sinreq_schedule, self.sinreq)
         if self.sinreq_domain not in SINREQ_DOMAINS:
             raise ConfigError(f"unknown SinReQ domain {self.sinreq_domain!r}; choose one of {', '.join(SINREQ_DOMAINS)}")
+        if self.sinreq_mode not in SINREQ_MODES:
+            raise ConfigError(f"unknown SinReQ mode {self.sinreq_mode!r}; choose one of {', '.join(SINREQ_MODES)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not self.width_mult > 0:
             raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
 
@@ -122,7 +129,8 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     options.validate()
     hooks = hooks or MethodHooks()
     if options.quantizer != NO_QUANTIZER:
-        hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain).combine(hooks)
+        hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain,
+                                    options.sinreq_mode).combine(hooks)
     config = options.train_config()
     spec = QuantizerSpec(options.quantizer, scale=options.scale)
     plan = options.build_plan()
@@ -135,7 +143,8 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
         torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
     args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir,
-                                           seed=options.seed, width_mult=options.width_mult)
+                                           seed=options.seed, val_fraction=options.val_fraction,
+                                           width_mult=options.width_mult)
     reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
     reporter.log(note)
     model = args.build()
@@ -155,18 +164,24 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
                                mean=data.mean, std=data.std)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
+    val_loader = (ArrayLoader(data.val, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
+                  if data.val is not None else None)
     terms = list(hooks.loss_terms(model))
     aux_quantizers = quantizers_with_aux_loss(model)  # found once, not at every step
     if aux_quantizers:
         terms.append(LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux_quantizers]).sum()))
     metrics = MetricsWriter(run.metrics, run.file("tensorboard") if options.tensorboard else None)
     try:
-        fit(model, train_loader, config, eval_loader=test_loader, loss_terms=terms, callbacks=hooks.callbacks,
+        hooks.before_fit(model)
+        fit(model, train_loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
+            eval_name="test" if val_loader is None else "val", loss_terms=terms, callbacks=hooks.callbacks,
             no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume,
             metrics=metrics, reporter=reporter)
     finally:
         metrics.close()
+    hooks.after_fit(model)
     _, accuracy = evaluate(model, test_loader, config.device)
+    val_accuracy = evaluate(model, val_loader, config.device)[1] if val_loader is not None else None
     save_model(run.model_file, model, args, spec if plan is not None else None,
                Plan.from_layer_bits(resolved) if plan is not None else None)
 
@@ -178,13 +193,15 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name,
         "data": data.description, "method": method, "quantizer": spec.to_dict() if plan else None,
         "seed": options.seed, "epochs": options.epochs,
-        "accuracy": accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
+        "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
         "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
         "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
         "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
         "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
         **hooks.result_fields(model),
     }
+    if plan is not None:
+        write_weight_plot(model, run.path, f"{options.model} {method}: weights u(w) and quantizer levels")
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
                  f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)  -> {run.path}")
