@@ -54,7 +54,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--mnist-dir", default=str(DEFAULT_MNIST))
+    parser.add_argument("--render-only", action="store_true", help="rewrite sinreq.md from sinreq.json")
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads((RESULTS / "sinreq.json").read_text())
+        (RESULTS / "sinreq.md").write_text(render(saved["meta"], saved["summary"]))
+        return
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -124,6 +129,17 @@ def render(meta: dict, summary: list[dict]) -> str:
                      f"{100 * s['float']:.2f} | {100 * s['base']:.2f} ± {100 * s['base_std']:.2f} | "
                      f"{100 * s['sinreq']:.2f} ± {100 * s['sinreq_std']:.2f} | {gap} | "
                      f"{s['grid_base']:.3f} → {s['grid_sinreq']:.3f} |")
+    lines += ["", "Per model and quantizer, over the six w/a cells: mean accuracy change (points) and median gap closed.", "",
+              "| model | quantizer | mean Δacc | median gap closed |", "|---|---|---|---|"]
+    for model, quantizer in dict.fromkeys((s["model"], s["quantizer"]) for s in summary):
+        cells = [s for s in summary if s["model"] == model and s["quantizer"] == quantizer]
+        gaps = [s["gap_closed"] for s in cells if s["gap_closed"] is not None]
+        delta = statistics.mean(s["sinreq"] - s["base"] for s in cells)
+        lines.append(f"| {model} | {quantizer} | {100 * delta:+.2f} | "
+                     f"{100 * statistics.median(gaps):+.1f}% |" if gaps else f"| {model} | {quantizer} | {100 * delta:+.2f} | n/a |")
+    base_val = meta["selection"][0]["val_accuracy"]
+    lines += ["", f"Selection (validation, conv1d DoReFa w2): no SinReQ {100 * base_val:.2f}%; "
+              + ", ".join(f"λ={t['lambda']} {t['schedule']} {100 * t['val_accuracy']:.2f}%" for t in meta["selection"][1:])]
     return "\n".join(lines) + "\n"
 
 
