@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from lowbit.quant.base import ActQuantizer, WeightQuantizer, uniform_levels
-from lowbit.quant.ste import finite_abs_max, finite_abs_mean, round_ste, sign_ste
+from lowbit.quant.ste import clip_round_ste, finite_abs_max, finite_abs_mean, round_ste, sign_ste
 
 
 class DoReFaWeight(WeightQuantizer):
@@ -72,6 +72,4 @@ class DoReFaAct(ActQuantizer):
         return 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = 2**self.bits - 1
-        y = torch.clamp(x.float(), 0.0, 1.0)
-        return (round_ste(y * n) / n).to(x.dtype)
+        return clip_round_ste(x.float(), 0.0, 1.0, 2**self.bits - 1).to(x.dtype)

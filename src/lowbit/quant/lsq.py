@@ -53,6 +53,28 @@ class LSQWeight(WeightQuantizer):
         return round_ste(torch.clamp(w / s, -self.q_n, self.q_p)) * s
 
 
+class _LSQActQuantize(torch.autograd.Function):
+    """round(clip(x / s, 0, Q_P)) s in one autograd node, with LSQ's gradients: dx = 1 inside the
+    clip range (boundaries included) and 0 outside; ds = g * (round(v) - v) inside, Q_P above,
+    0 below (v = x / s, g the gradient scale). Saves x and s, recomputes v in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: torch.Tensor, q_p: int, g: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, s)
+        ctx.q_p, ctx.g = q_p, g
+        return torch.round(torch.clamp(x / s, 0.0, q_p)) * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
+        x, s = ctx.saved_tensors
+        v = x / s
+        clipped = torch.clamp(v, 0.0, ctx.q_p)
+        inside = clipped == v
+        dx = torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+        ds = (grad * torch.where(inside, torch.round(v) - v, clipped)).sum() * ctx.g
+        return dx, ds.reshape(s.shape), None, None
+
+
 class LSQAct(ActQuantizer):
     family = "lsq"
 
@@ -81,5 +103,5 @@ class LSQAct(ActQuantizer):
                 self.step.copy_((2.0 * finite_abs_mean(xf) / math.sqrt(self.q_p)).clamp_min(1e-8))
                 self.initialized.fill_(True)
         features = math.prod(xf.shape[1:]) if xf.dim() > 1 else xf.numel()
-        s = grad_scale(self.step.abs().clamp_min(1e-8), 1.0 / math.sqrt(max(features, 1) * self.q_p))
-        return (round_ste(torch.clamp(xf / s, 0.0, self.q_p)) * s).to(x.dtype)
+        g = 1.0 / math.sqrt(max(features, 1) * self.q_p)
+        return _LSQActQuantize.apply(xf, self.step.abs().clamp_min(1e-8), self.q_p, g).to(x.dtype)

@@ -14,7 +14,24 @@ from torch import nn
 
 from lowbit.quant.base import ActQuantizer
 from lowbit.quant.dorefa import DoReFaAct, DoReFaWeight
-from lowbit.quant.ste import ste
+
+
+class _PACTQuantize(torch.autograd.Function):
+    """y_q = round(clip(x, 0, α) n / α) α / n in one autograd node, with the paper's gradients:
+    dy/dx = 1 on [0, α) and 0 elsewhere; dy/dα = 1 where x >= α (at the boundaries too)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        upper = x >= alpha
+        ctx.save_for_backward((x >= 0) & ~upper, upper)
+        y = torch.clamp(x, min=torch.zeros_like(alpha), max=alpha)
+        return torch.round(y * (n / alpha)) * (alpha / n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
+        inside, upper = ctx.saved_tensors
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        return torch.where(inside, grad, zero), torch.where(upper, grad, zero).sum(), None
 
 
 class PACTWeight(DoReFaWeight):
@@ -33,14 +50,8 @@ class PACTAct(ActQuantizer):
         self.alpha_decay = alpha_decay
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
         alpha = self.alpha.abs().clamp_min(1e-8)
-        # clip(x, 0, α) with the paper's gradients at the boundaries too: dy/dx = 1 on [0, α),
-        # dy/dα = 1 where x >= α (relu/minimum would give 0 at x = 0 and split 1/2-1/2 at x = α)
-        y = torch.where(xf >= alpha, alpha, torch.where(xf < 0, torch.zeros_like(xf), xf))
-        n = 2**self.bits - 1
-        y_q = torch.round(y * (n / alpha)) * (alpha / n)
-        return ste(y, y_q).to(x.dtype)
+        return _PACTQuantize.apply(x.float(), alpha, 2**self.bits - 1).to(x.dtype)
 
     def aux_loss(self) -> torch.Tensor:
         return 0.5 * self.alpha_decay * self.alpha**2

@@ -13,13 +13,52 @@ from __future__ import annotations
 import torch
 
 
-def ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Forward: exactly ``y``. Backward: the gradient goes to ``x`` unchanged (zero where ``x`` is +-inf or NaN).
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``y``. Backward: the incoming gradient to ``x``, zeroed where ``x`` is not finite.
 
-    (``x + (y - x).detach()`` would lose precision when ``|x| >> |y|`` and give NaN at x = +-inf.)
+    One autograd node: the forward pass costs a single ``isfinite`` beyond computing ``y``, the
+    backward pass one ``where`` (the expression ``x + (y - x).detach()`` costs several passes over
+    the tensor, loses precision when ``|x| >> |y|`` and gives NaN at x = +-inf).
     """
-    delta = x - x.detach()  # exactly 0 where x is finite, carries x's gradient
-    return y.detach() + torch.where(torch.isfinite(x), delta, torch.zeros_like(delta))
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(torch.isfinite(x))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (finite,) = ctx.saved_tensors
+        return torch.where(finite, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None
+
+
+def ste(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Forward: exactly ``y``. Backward: the gradient goes to ``x`` unchanged (zero where ``x`` is +-inf or NaN)."""
+    return _StraightThrough.apply(x, y.detach())
+
+
+class _ClipRoundSTE(torch.autograd.Function):
+    """round(clamp(x, lo, hi) * n) / n with the clip's gradient: 1 where lo <= x <= hi, else 0.
+
+    One autograd node for the whole activation quantizer: the mask is ``clamp(x) == x`` (true
+    exactly inside the closed range, false for NaN), so the backward pass is a single ``where``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float, n: int) -> torch.Tensor:  # type: ignore[override]
+        y = torch.clamp(x, lo, hi)
+        ctx.save_for_backward(y == x)
+        return torch.round(y * n) / n
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)), None, None, None
+
+
+def clip_round_ste(x: torch.Tensor, lo: float, hi: float, n: int) -> torch.Tensor:
+    """``round(clamp(x, lo, hi) * n) / n``, straight-through inside [lo, hi], zero gradient outside."""
+    return _ClipRoundSTE.apply(x, lo, hi, n)
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
