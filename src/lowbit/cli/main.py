@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
     demo.add_argument("--fast", action="store_true", help="fewer epochs (for CI)")
     demo.set_defaults(func=demo_cmd.run)
+
+    from lowbit.cli import export_cmd
+
+    export = sub.add_parser("export", parents=[common], help="write a packed low-bit file or an ONNX (QDQ) model",
+                            description="Export a run's model: packed k-bit weights (safetensors) or ONNX QDQ.")
+    export_cmd.add_export_arguments(export)
+    export.set_defaults(func=export_cmd.run_export)
+
+    info = sub.add_parser("info", parents=[common], help="layers, bits and bytes of a packed or ONNX file",
+                          description="Show what a file written by 'lowbit export' holds: per-layer bits and bytes, "
+                                      "and the compression against float32.")
+    export_cmd.add_info_arguments(info)
+    info.set_defaults(func=export_cmd.run_info)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""``lowbit export`` and ``lowbit info`` on a tiny trained run (in-process via ``main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.cli.main import main
+from lowbit.export import read_packed
+from lowbit.export.grids import same_values
+from lowbit.nn import quantized_layers
+from lowbit.runs.model_io import load_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread while these tests run (see test_export_packed); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export-cli") / "run"
+    assert main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--quantizer", "pact",
+                 "--wbits", "2", "--abits", "3", "--batch-size", "128", "--quiet", "--threads", "1",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_export_packed_and_info(run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "lenet.safetensors"
+    assert main(["export", str(run), "--format", "packed", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"wrote {out}" in text and "fc3" in text and "16.00x" in text  # 2-bit layers: 16x smaller than float32
+    model, args, spec, plan = load_model(run)
+    packed = read_packed(out)
+    assert packed.args == args and packed.plan == plan and packed.spec == spec
+    plain = packed.float_module()
+    for name, layer in quantized_layers(model).items():
+        assert same_values(plain.get_submodule(name).weight, layer.effective_weight())
+    assert main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "lenet5" in info and "pact" in info and "floor" in info
+    # the default output name, next to the run
+    assert main(["export", str(run), "--quiet"]) == 0
+    assert (run / "model.lowbit.safetensors").stat().st_size == out.stat().st_size
+
+
+def test_export_onnx_from_run_and_from_packed(run: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    from lowbit.export.onnx_export import onnx_session, run_onnx
+
+    out = tmp_path / "lenet.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--quiet"]) == 0
+    packed_path = tmp_path / "lenet.safetensors"
+    assert main(["export", str(run), "--out", str(packed_path), "--quiet"]) == 0
+    again = tmp_path / "again.onnx"
+    assert main(["export", str(packed_path), "--format", "onnx", "--out", str(again), "--opset", "25", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert "INT4" in capsys.readouterr().out
+    model, *_ = load_model(run)
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        y = model.eval()(x)
+    for path in (out, again):
+        assert (run_onnx(onnx_session(path), x) - y).abs().max() <= 0.02 * y.abs().max()
+
+
+def test_user_errors_exit_2(run: Path, tmp_path: Path, capsys) -> None:
+    packed = tmp_path / "m.safetensors"
+    assert main(["export", str(run), "--out", str(packed), "--quiet"]) == 0
+    raw = bytearray(packed.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(bytes(raw))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    capsys.readouterr()
+    cases = [(["info", str(broken)], "corrupt"), (["info", str(tmp_path / "nope")], "not found"),
+             (["info", str(junk)], "neither"), (["export", str(tmp_path / "no-run")], "not found"),
+             (["export", str(broken), "--format", "onnx"], "corrupt"), (["export", str(junk)], "neither"),
+             (["export", str(run), "--opset", "21"], "--format onnx only"),
+             (["export", str(run), "--format", "onnx", "--opset", "13", "--out", str(tmp_path / "x.onnx")], "opset")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv

@@ -1,0 +1,87 @@
+"""Dense k-bit packing (lowbit.export.pack): round trips, the documented bit order, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lowbit.export import ExportError, pack_codes, packed_nbytes, unpack_codes
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread while these tests run (on a busy 2-core machine OpenMP's spin-waiting makes
+    2 threads ~10x slower than 1); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@st.composite
+def codes_and_bits(draw):
+    bits = draw(st.integers(1, 8))
+    codes = draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=67))
+    return np.array(codes, dtype=np.int64), bits
+
+
+@given(codes_and_bits())
+def test_round_trip_any_bits_and_length(case) -> None:
+    codes, bits = case
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == np.uint8 and packed.size == packed_nbytes(codes.size, bits) == -(-codes.size * bits // 8)
+    np.testing.assert_array_equal(unpack_codes(packed, bits, codes.size), codes)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("count", [1, 7, 9, 1001, 4099])
+def test_round_trip_lengths_not_multiple_of_8(bits: int, count: int) -> None:
+    codes = torch.randint(0, 1 << bits, (count,), generator=torch.Generator().manual_seed(bits * count))
+    packed = pack_codes(codes, bits)  # torch input works too
+    assert packed.size == (count * bits + 7) // 8
+    assert torch.equal(torch.from_numpy(unpack_codes(torch.from_numpy(packed), bits, count)).long(), codes)
+
+
+def test_documented_bit_order() -> None:
+    # k = 3, codes [1, 2, 7]: stream bits 1,0,0 | 0,1,0 | 1,1,1 (LSB first) -> 0xD1, 0x01
+    assert pack_codes(np.array([1, 2, 7]), 3).tolist() == [0xD1, 0x01]
+    assert pack_codes(np.array([1, 0, 1, 1, 0, 0, 0, 0, 1]), 1).tolist() == [0b00001101, 0b1]
+    assert pack_codes(np.array([0xA, 0x3]), 4).tolist() == [0x3A]
+    assert unpack_codes(bytes([0xD1, 0x01]), 3, 3).tolist() == [1, 2, 7]
+
+
+def test_empty() -> None:
+    assert pack_codes(np.array([], dtype=np.int64), 5).size == 0
+    assert unpack_codes(np.zeros(0, np.uint8), 5, 0).size == 0
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5, True])
+def test_bad_bits(bits) -> None:
+    with pytest.raises(ExportError, match="bit width"):
+        pack_codes(np.array([0]), bits)
+
+
+def test_codes_out_of_range_or_not_integers() -> None:
+    with pytest.raises(ExportError, match="0..3"):
+        pack_codes(np.array([0, 4]), 2)
+    with pytest.raises(ExportError, match="0..3"):
+        pack_codes(np.array([-1]), 2)
+    with pytest.raises(ExportError, match="integers"):
+        pack_codes(np.array([0.5]), 2)
+
+
+def test_wrong_length_or_padding_is_an_error() -> None:
+    packed = pack_codes(np.array([1, 2, 3]), 3)  # 9 bits: 2 bytes, 7 padding bits
+    with pytest.raises(ExportError, match="truncated"):
+        unpack_codes(packed[:1], 3, 3)
+    with pytest.raises(ExportError, match="take 2 bytes"):
+        unpack_codes(np.concatenate([packed, [0]]).astype(np.uint8), 3, 3)
+    bad = packed.copy()
+    bad[-1] |= 0x80
+    with pytest.raises(ExportError, match="padding"):
+        unpack_codes(bad, 3, 3)
+    with pytest.raises(ExportError, match="uint8"):
+        unpack_codes(packed.astype(np.int16), 3, 3)
