@@ -107,7 +107,7 @@ class ArrayLoader:
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Raw batch -> float32 normalised batch."""
-        return x.to(torch.float32).mul_(self._mul).sub_(self._sub)
+        return x.to(torch.float32, copy=True).mul_(self._mul).sub_(self._sub)  # never in place on the caller's data
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = self._generator()
