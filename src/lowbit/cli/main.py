@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_train_arguments(train)
     train.set_defaults(func=train_cmd.run)
 
+    from lowbit.cli import dcq_cmd
+    dcq = sub.add_parser("dcq", parents=[common], help="quantize a float teacher by divide-and-conquer distillation",
+                         description=dcq_cmd.DESCRIPTION)
+    dcq_cmd.add_dcq_arguments(dcq)
+    dcq.set_defaults(func=dcq_cmd.run)
+
     lister = sub.add_parser("list", parents=[common], help="list models, datasets or quantizers")
     lister.add_argument("what", choices=list_cmd.WHAT)
     lister.set_defaults(func=list_cmd.run)
