@@ -62,7 +62,7 @@ from torch import nn
 from lowbit.distill.features import TeacherFeatures
 from lowbit.distill.sections import describe, split, split_points, stitch
 from lowbit.errors import ConfigError, NumericsError, did_you_mean
-from lowbit.nn import quantize_, quantizers_with_aux_loss
+from lowbit.nn import is_quantizer_param, quantize_, quantizers_with_aux_loss
 from lowbit.nn.convert import quantizable_layers
 from lowbit.plan import LayerBits, Plan
 from lowbit.quant.registry import QuantizerSpec
@@ -77,11 +77,6 @@ SEED_STRIDE = 1_000_003
 def section_seed(seed: int, index: int) -> int:
     """The torch seed of section ``index`` (0-based); ``index = K`` seeds the fine-tune."""
     return seed * SEED_STRIDE + index + 1
-
-
-def is_quantizer_param(name: str) -> bool:
-    """Quantizer parameters (learned scales, LSQ steps, PACT's alpha) get no weight decay."""
-    return "weight_quantizer." in name or "input_quantizer." in name
 
 
 def _choice(what: str, value: str, choices: Sequence[str]) -> None:

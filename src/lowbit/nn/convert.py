@@ -120,6 +120,11 @@ def dequantize_(model: nn.Module, bake: bool = False) -> nn.Module:
     return model
 
 
+def is_quantizer_param(name: str) -> bool:
+    """Quantizer parameters (learned scales, LSQ steps, PACT's alpha): optimizers give them no weight decay."""
+    return "weight_quantizer." in name or "input_quantizer." in name
+
+
 def set_fake_quant(model: nn.Module, enabled: bool) -> None:
     """Run every quantized layer's forward pass fake-quantized (True) or float (False)."""
     for layer in quantized_layers(model).values():

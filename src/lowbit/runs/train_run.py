@@ -19,7 +19,7 @@ from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.models import model_info
 from lowbit.errors import ConfigError, unknown_name
-from lowbit.nn import layer_bits, quantize_, quantizers_with_aux_loss
+from lowbit.nn import is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
@@ -116,10 +116,6 @@ class TrainOptions:
 
     def method_name(self) -> str:
         return "float" if self.quantizer == NO_QUANTIZER else self.quantizer
-
-
-def is_quantizer_param(name: str) -> bool:
-    return "weight_quantizer." in name or "input_quantizer." in name
 
 
 def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter: Reporter | None = None,
