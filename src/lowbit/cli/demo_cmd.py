@@ -1,7 +1,10 @@
-"""``lowbit demo``: the main job on the embedded ``digits`` data, end to end, with a summary table.
+"""``lowbit demo``: every method that has landed, end to end on the embedded ``digits`` data, with
+a summary table (method, accuracy, average bits, packed size) and a packed export of the best
+quantized model.
 
-Today: a float LeNet-5, then DoReFa 2-bit weights (QAT from the float weights), then 2-bit
-weights and activations. Methods join the demo as they land.
+Today: a float LeNet-5; DoReFa 2-bit weights and 2-bit weights + activations (QAT from the float
+weights); the same w2 run with SinReQ; DCQ binary (two sections, TWN 1-bit weights); a packed
+k-bit export of the most accurate quantized run. WaveQ and ReLeQ join as they land.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from lowbit.errors import ConfigError
+from lowbit.export.packed import load_source
+from lowbit.runs.dcq_run import DcqOptions, run_dcq
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.train import Reporter
 
@@ -26,16 +31,30 @@ def run(args: argparse.Namespace) -> int:
     epochs = 3 if args.fast else 8
     start = time.perf_counter()
     base = dict(model="lenet5", dataset="digits", epochs=epochs, seed=0, batch_size=64)
-    runs = [
-        ("float", TrainOptions(**base, out=str(out / "float"))),
-        ("dorefa w2", TrainOptions(**base, quantizer="dorefa", wbits=2, init=str(out / "float"), out=str(out / "dorefa-w2"))),
-        ("dorefa w2a2", TrainOptions(**base, quantizer="dorefa", wbits=2, abits=2, init=str(out / "float"),
-                                     out=str(out / "dorefa-w2a2"))),
+    float_dir = str(out / "float")
+    qat = dict(base, init=float_dir, lr=0.01)
+    steps = [
+        ("float", lambda o: run_train(TrainOptions(**base, out=o), reporter=reporter, command="lowbit demo (float)")),
+        ("dorefa w2", lambda o: run_train(TrainOptions(**qat, quantizer="dorefa", wbits=2, out=o), reporter=reporter,
+                                          command="lowbit demo (dorefa w2)")),
+        ("dorefa w2a2", lambda o: run_train(TrainOptions(**qat, quantizer="dorefa", wbits=2, abits=2, out=o),
+                                            reporter=reporter, command="lowbit demo (dorefa w2a2)")),
+        ("dorefa w2 + sinreq", lambda o: run_train(TrainOptions(**qat, quantizer="dorefa", wbits=2, sinreq=0.01, out=o),
+                                                   reporter=reporter, command="lowbit demo (dorefa w2 + sinreq)")),
+        ("dcq binary", lambda o: run_dcq(DcqOptions(teacher=float_dir, dataset="digits", sections=2, quantizer="twn",
+                                                    wbits=1, epochs=epochs, seed=0, out=o),
+                                         reporter=reporter, command="lowbit demo (dcq binary)")),
     ]
     results = []
-    for label, options in runs:
+    for label, step in steps:
         reporter.log(f"\n[bold cyan]== {label} ==[/]")
-        results.append((label, options.out, run_train(options, reporter=reporter, command=f"lowbit demo ({label})")))
+        folder = out / label.replace(" + ", "-").replace(" ", "-")
+        results.append((label, folder, step(str(folder))))
+    quantized = [(label, folder, r) for label, folder, r in results if r["avg_bits"] < 32]
+    best_label, best_folder, _ = max(quantized, key=lambda item: item[2]["accuracy"])
+    packed_file = out / "best.lowbit"
+    packed_bytes = load_source(best_folder).save(packed_file)
+
     table = Table(title=f"lowbit demo: lenet5 on digits, {epochs} epochs, seed 0", header_style="bold")
     for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "run folder"):
         table.add_column(col, overflow="fold")
@@ -46,5 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # logs and CI: wide enough for the run folders
         console = Console(width=200)
     console.print(table)
+    console.print(f"best quantized model ({best_label}) exported to {packed_file} ({packed_bytes:,} bytes); "
+                  f"inspect it with: lowbit info {packed_file}")
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; run folders under {out}")
     return 0
