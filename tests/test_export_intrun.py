@@ -6,39 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lowbit.export import IntegerLayer, integer_model, output_tolerance, pack_model
+from lowbit.export import IntegerLayer, integer_model, output_tolerance
 from lowbit.export.intrun import LAYER_RTOL, accumulator_summary, integer_layers
-from lowbit.nn import quantize_, quantized_layers
+from lowbit.nn import quantized_layers
 from lowbit.plan import LayerBits, Plan
-from lowbit.quant import QuantizerSpec
 from lowbit.quant.registry import FAMILIES
 from lowbit.runs.build import ModelArgs
 
+from export_support import quantized
+
 LENET = ModelArgs("lenet5", 10, 1, 28, 0.5)
 RESNET = ModelArgs("resnet20", 10, 3, 16, 0.25)
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread while these tests run (on a busy 2-core machine OpenMP's spin-waiting makes
-    2 threads ~10x slower than 1); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-def quantized(args: ModelArgs, family: str, plan: Plan, seed: int = 0):
-    torch.manual_seed(seed)
-    model = args.build()
-    spec = QuantizerSpec(family)
-    quantize_(model, plan, spec)
-    model.train()
-    with torch.no_grad():  # batch-norm statistics and LSQ's activation step from random data
-        for _ in range(2):
-            model(torch.randn(16, args.in_channels, args.input_size, args.input_size))
-    model.eval()
-    return model, pack_model(model, args, spec, plan)
 
 
 def inputs(args: ModelArgs, n: int = 16) -> torch.Tensor:

@@ -8,39 +8,17 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from lowbit.export import ExportError, output_tolerance, pack_model  # noqa: E402
+from lowbit.export import ExportError, output_tolerance  # noqa: E402
 from lowbit.export.onnx_export import (dequantized_weights, export_onnx, onnx_header, onnx_session,  # noqa: E402
                                        pick_type, run_onnx, to_onnx)
-from lowbit.nn import quantize_, quantized_layers  # noqa: E402
+from lowbit.nn import quantized_layers  # noqa: E402
 from lowbit.plan import LayerBits, Plan  # noqa: E402
-from lowbit.quant import QuantizerSpec  # noqa: E402
 from lowbit.runs.build import ModelArgs  # noqa: E402
+
+from export_support import quantized  # noqa: E402
 
 LENET = ModelArgs("lenet5", 10, 1, 28, 1.0)
 RESNET = ModelArgs("resnet20", 10, 3, 16, 0.25)
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread while these tests run (on a busy 2-core machine OpenMP's spin-waiting makes
-    2 threads ~10x slower than 1); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-def quantized(args: ModelArgs, family: str, plan: Plan, seed: int = 0):
-    torch.manual_seed(seed)
-    model = args.build()
-    spec = QuantizerSpec(family)
-    quantize_(model, plan, spec)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(16, args.in_channels, args.input_size, args.input_size))
-    model.eval()
-    return model, pack_model(model, args, spec, plan)
 
 
 def inputs(args: ModelArgs, n: int = 16) -> torch.Tensor:

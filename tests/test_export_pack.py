@@ -11,16 +11,6 @@ from hypothesis import strategies as st
 from lowbit.export import ExportError, pack_codes, packed_nbytes, unpack_codes
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread while these tests run (on a busy 2-core machine OpenMP's spin-waiting makes
-    2 threads ~10x slower than 1); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @st.composite
 def codes_and_bits(draw):
     bits = draw(st.integers(1, 8))

@@ -28,16 +28,6 @@ LENET = ModelArgs("lenet5", 10, 1, 28, 0.5)
 RESNET = ModelArgs("resnet20", 10, 3, 12, 0.25)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread while these tests run (on a busy 2-core machine OpenMP's spin-waiting makes
-    2 threads ~10x slower than 1); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 def quantized(args: ModelArgs, family: str, plan: Plan, scale: str = "auto", seed: int = 0):
     """A quantized model with perturbed learned scales/steps and batch-norm statistics from random data."""
     torch.manual_seed(seed)

@@ -1,0 +1,26 @@
+"""Shared by the export tests: a small quantized model with batch-norm statistics and data-dependent
+quantizer state taken from random data, and its packed form."""
+
+from __future__ import annotations
+
+import torch
+
+from lowbit.export.packed import pack_model
+from lowbit.nn import quantize_
+from lowbit.plan import Plan
+from lowbit.quant import QuantizerSpec
+from lowbit.runs.build import ModelArgs
+
+
+def quantized(args: ModelArgs, family: str, plan: Plan, seed: int = 0):
+    """(quantized model in eval mode, its PackedModel)."""
+    torch.manual_seed(seed)
+    model = args.build()
+    spec = QuantizerSpec(family)
+    quantize_(model, plan, spec)
+    model.train()
+    with torch.no_grad():  # batch-norm statistics and LSQ's activation step from random data
+        for _ in range(2):
+            model(torch.randn(16, args.in_channels, args.input_size, args.input_size))
+    model.eval()
+    return model, pack_model(model, args, spec, plan)
