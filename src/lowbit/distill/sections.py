@@ -23,13 +23,13 @@ Split points:
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from lowbit.costs import layer_macs
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.nn.modules import float_type
 
@@ -60,35 +60,16 @@ def param_costs(model: nn.Module) -> list[int]:
     return [sum(p.numel() for p in child.parameters()) for _, child in _children(model)]
 
 
-@torch.no_grad()
 def mac_costs(model: nn.Module, sample_input: torch.Tensor) -> list[int]:
     """Multiply-accumulates per sample of every top-level child's Conv/Linear layers, measured
     with forward hooks on ``sample_input`` (any batch size; the model runs in eval mode)."""
     children = _children(model)
     if not isinstance(sample_input, torch.Tensor) or sample_input.dim() < 2 or sample_input.shape[0] < 1:
         raise ConfigError("balance='macs' needs a sample input tensor with a batch dimension")
+    index = {name: i for i, (name, _) in enumerate(children)}
     costs = [0] * len(children)
-    handles = []
-
-    def hook(index: int):
-        def count(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            per_sample = output.numel() // max(output.shape[0], 1)
-            if isinstance(module, nn.Linear):
-                costs[index] += per_sample * module.in_features
-            else:  # conv: every output value costs (in_channels / groups) * prod(kernel) MACs
-                costs[index] += per_sample * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-        return count
-
-    for index, (_, child) in enumerate(children):
-        handles += [m.register_forward_hook(hook(index)) for m in child.modules() if float_type(m) is not None]
-    was_training = model.training
-    try:
-        model.eval()
-        model(sample_input)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    for name, macs in layer_macs(model, sample_input).items():
+        costs[index[name.split(".")[0]]] += macs
     return costs
 
 
