@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     dcq_cmd.add_dcq_arguments(dcq)
     dcq.set_defaults(func=dcq_cmd.run)
 
+    from lowbit.cli import waveq_cmd
+    waveq = sub.add_parser("waveq", parents=[common], help="learn a per-layer plan (bits and scale) with WaveQ",
+                           description=waveq_cmd.DESCRIPTION)
+    waveq_cmd.add_waveq_arguments(waveq)
+    waveq.set_defaults(func=waveq_cmd.run)
+
     lister = sub.add_parser("list", parents=[common], help="list models, datasets or quantizers")
     lister.add_argument("what", choices=list_cmd.WHAT)
     lister.set_defaults(func=list_cmd.run)

@@ -147,7 +147,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     fp_accuracy = None
     if options.init is not None:
         load_float_weights(model, options.init)
-        fp_accuracy = _init_accuracy(options.init)
+        fp_accuracy = init_accuracy(options.init)
     resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
 
     method = options.method_name() + hooks.suffix
@@ -204,7 +204,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     return result
 
 
-def _init_accuracy(init: str) -> float | None:
+def init_accuracy(init: str) -> float | None:
     """The float reference accuracy when --init points at a float run folder."""
     path = Path(init)
     folder = RunFolder(path if path.is_dir() or path.name != MODEL_FILE else path.parent)

@@ -43,6 +43,7 @@ class LossTerm:
 
 
 EpochCallback = Callable[[int, nn.Module], dict[str, Any]]
+StepCallback = Callable[[nn.Module, float], None]  # (model, progress after the step) -> None
 
 
 @dataclass
@@ -88,11 +89,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
         eval_loader: Batches | None = None, eval_name: str = "test",
         loss_terms: Sequence[LossTerm] = (), callbacks: Sequence[EpochCallback] = (),
-        no_decay: Callable[[str], bool] = lambda name: False,
+        step_callbacks: Sequence[StepCallback] = (), no_decay: Callable[[str], bool] = lambda name: False,
         checkpoint_path: str | Path | None = None, checkpoint_extra: dict[str, Any] | None = None,
         resume: bool = False, metrics: MetricsWriter | None = None,
         reporter: Reporter = QUIET) -> FitResult:
-    """Train ``model`` for ``config.epochs`` epochs on ``train_loader`` (len() = batches/epoch)."""
+    """Train ``model`` for ``config.epochs`` epochs on ``train_loader`` (len() = batches/epoch).
+
+    ``step_callbacks`` run after every optimizer step with the progress reached, (step + 1) /
+    total steps (projections and phase switches of a method, e.g. WaveQ's bit clamp and freeze).
+    """
     device = torch.device(config.device)
     model.to(device)
     optimizer = build_optimizer(model, config, no_decay)
@@ -159,6 +164,8 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                for step_callback in step_callbacks:
+                    step_callback(model, (step + 1) / total_steps)
                 sums["loss"] += loss_value
                 running_loss += loss_value
                 sums["task_loss"] += task.detach()

@@ -1,0 +1,172 @@
+"""``lowbit waveq``: learn a heterogeneous per-layer plan with WaveQ and write a run folder.
+
+The Python entry point is :func:`run_waveq` with :class:`WaveQOptions`. The run folder holds
+config.yaml, metrics.jsonl (one line per WaveQ epoch with β, α and the integer plan per layer,
+then one per fine-tune epoch, told apart by ``phase``), plan.json (integer bits), result.json,
+model.ckpt (the quantized fine-tuned model) and plots/beta.png (β per layer over training).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from lowbit.costs import model_costs
+from lowbit.data import ArrayLoader, list_datasets
+from lowbit.errors import ConfigError, unknown_name
+from lowbit.models import model_info
+from lowbit.nn import layer_bits
+from lowbit.quant.bits import FLOAT_BITS, check_bits
+from lowbit.quant.registry import QuantizerSpec
+from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
+from lowbit.reg.waveq_method import waveq_quantize
+from lowbit.report.bits_plot import plot_beta_curves
+from lowbit.runs.build import load_model_and_data
+from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
+from lowbit.runs.train_run import init_accuracy
+from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
+
+WAVEQ_QUANTIZERS = ("dorefa", "wrpn", "lsq")
+
+
+@dataclass
+class WaveQOptions:
+    model: str = "lenet5"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    quantizer: str = "dorefa"
+    scale: str = "auto"  # the fine-tune quantizer's output scale
+    abits: int = FLOAT_BITS
+    budget: float | None = None  # target average bits (over all quantized layers, pins included)
+    weighting: str = "layers"  # budget over layers (avg_bits) or parameters (weighted_bits)
+    lambda_w: float = 1.0
+    lambda_beta: float = 0.05  # c_β of the three-phase λ_β
+    bits_min: float = 2.0
+    bits_max: float = 8.0
+    rounding: str = "round"
+    epochs: int = 10  # WaveQ phase
+    finetune_epochs: int = 5
+    lr: float | None = None  # WaveQ phase: default 0.01 with --init, 0.05 from scratch (SGD)
+    finetune_lr: float = 0.01
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    init: str | None = None  # float run folder or model file to start from
+    seed: int = 0
+    threads: int | None = None
+    device: str = "cpu"
+    out: str | None = None
+
+    def validate(self) -> None:
+        model_info(self.model)
+        if self.dataset not in list_datasets():
+            raise unknown_name("dataset", self.dataset, list_datasets())
+        if self.quantizer not in WAVEQ_QUANTIZERS:
+            raise ConfigError(f"WaveQ fine-tunes with {', '.join(WAVEQ_QUANTIZERS)}; got {self.quantizer!r}")
+        for name, low in (("epochs", 0), ("finetune_epochs", 0), ("batch_size", 1), ("seed", 0), ("threads", 1)):
+            value = getattr(self, name)
+            if value is None and name == "threads":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_bits(self.abits, None, what="--abits value")
+        if self.weighting not in WEIGHTINGS or self.rounding not in ROUNDINGS:
+            raise ConfigError(f"weighting must be one of {WEIGHTINGS} and rounding one of {ROUNDINGS}")
+        QuantizerSpec(self.quantizer, scale=self.scale)
+        self.waveq_config()
+        self.train_config()
+        self.finetune_config()
+
+    def waveq_config(self) -> WaveQConfig:
+        return WaveQConfig(quantizer=self.quantizer, lambda_w=self.lambda_w, c_beta=self.lambda_beta,
+                           budget=self.budget, weighting=self.weighting, bits_min=self.bits_min,
+                           bits_max=self.bits_max, beta_init=self.bits_max, rounding=self.rounding)
+
+    def train_config(self) -> TrainConfig:
+        lr = self.lr if self.lr is not None else (0.01 if self.init else 0.05)
+        return TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
+                           device=self.device)
+
+    def finetune_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, optimizer=self.optimizer,
+                           weight_decay=self.weight_decay, device=self.device)
+
+    def method_name(self) -> str:
+        return f"waveq-{self.quantizer}"
+
+    def default_out(self) -> str:
+        budget = f"-b{self.budget:g}" if self.budget is not None else ""
+        return f"runs/{self.model}-{self.dataset}-{self.method_name()}{budget}-s{self.seed}"
+
+
+def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: str | None = None) -> dict[str, Any]:
+    """Run WaveQ as ``options`` say, write the run folder, return ``result.json``'s content."""
+    reporter = reporter or Reporter()
+    options.validate()
+    if options.init is not None:
+        resolve_model_file(options.init)
+    run = RunFolder(options.out or options.default_out())
+    run.check(False)
+    start = time.perf_counter()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    torch.manual_seed(options.seed)
+    args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir, seed=options.seed)
+    reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
+    reporter.log(note)
+    net = args.build()
+    fp_accuracy = None
+    if options.init is not None:
+        load_float_weights(net, options.init)
+        fp_accuracy = init_accuracy(options.init)
+    spec = QuantizerSpec(options.quantizer, scale=options.scale)
+    config = options.waveq_config()
+    WaveQ(args.build(), config)  # budget feasibility and layer checks before a folder exists
+
+    run.prepare(False)
+    run.write_config({**asdict(options), "out": str(run.path), "method": options.method_name(),
+                      "resolved_lr": options.train_config().lr, "waveq": config.to_dict()})
+    train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
+                               mean=data.mean, std=data.std)
+    test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
+    metrics = MetricsWriter(run.metrics)
+    try:
+        outcome = waveq_quantize(net, train_loader, waveq=config, train=options.train_config(), quantizer=spec,
+                                 finetune=options.finetune_config(), act_bits=options.abits,
+                                 eval_loader=test_loader, metrics=metrics, reporter=reporter)
+    finally:
+        metrics.close()
+    model = outcome.model
+    outcome.plan.save(run.file("plan.json"))
+    save_model(run.model_file, model, args, spec, outcome.plan)
+    _, accuracy = evaluate(model, test_loader, options.device)
+    plot_beta_curves([r["waveq_beta"] for r in outcome.waveq_history], outcome.bits,
+                     run.file("plots") / "beta.png",
+                     f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
+
+    costs = model_costs(model)
+    bits = layer_bits(model)
+    env = environment()
+    result = {
+        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        "model": options.model, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
+        "method": options.method_name(), "quantizer": spec.to_dict(), "seed": options.seed,
+        "accuracy": accuracy, "fp_accuracy": fp_accuracy,
+        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
+        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
+        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
+        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
+        "waveq": {**config.to_dict(), "beta": outcome.beta, "alpha": outcome.alpha,
+                  "epochs": options.epochs, "finetune_epochs": options.finetune_epochs,
+                  "waveq_wall_s": outcome.waveq_wall_s, "finetune_wall_s": outcome.finetune_wall_s,
+                  "accuracy_before_finetune": outcome.accuracy_before_finetune},
+    }
+    run.write_result(result)
+    reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
+                 f"weighted bits {costs.weighted_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
+    return result
