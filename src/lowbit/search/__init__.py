@@ -1,0 +1,51 @@
+"""Per-layer bitwidth search: ReLeQ (Elthakeb et al.), METHODS.md section 5.
+
+The pieces every strategy shares: the search space (layers, bit choices, pins, plan keys), the
+ReLeQ reward, the cached plan -> accuracy evaluator, the evaluation budget, the gymnasium
+environment the PPO agent trains in, and the random / greedy / exhaustive comparators. Only
+``lowbit.search.releq`` (the agent) imports stable-baselines3; nothing here does.
+
+>>> space = SearchSpace.from_model(model, bit_choices=(2, 3, 4, 5, 8))
+>>> evaluator = CachedEvaluator(FineTuneEvaluator(model, space, train_loader, val_loader), space, "cache.jsonl")
+>>> outcome = random_search(space, evaluator, Budget(max_evals=100), seed=0)
+>>> space.to_plan(outcome.best.choices).save("plan.json")
+"""
+
+from __future__ import annotations
+
+from lowbit.search.baselines import exhaustive_search, greedy_search, random_search
+from lowbit.search.budget import Budget, BudgetExhausted, BudgetTracker
+from lowbit.search.env import BitwidthEnv
+from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
+from lowbit.search.finetune import FineTuneEvaluator
+from lowbit.search.outcome import EvalRecord, SearchOutcome, best_by_reward, hypervolume, pareto_front
+from lowbit.search.reward import RewardConfig, plan_reward, releq_reward
+from lowbit.search.space import Bits, Choices, LayerInfo, SearchSpace
+from lowbit.search.synthetic import SyntheticEvaluator
+
+__all__ = [
+    "BitwidthEnv",
+    "Bits",
+    "Budget",
+    "BudgetExhausted",
+    "BudgetTracker",
+    "CachedEvaluator",
+    "Choices",
+    "EvalRecord",
+    "Evaluator",
+    "FineTuneEvaluator",
+    "LayerInfo",
+    "RewardConfig",
+    "SearchOutcome",
+    "SearchSpace",
+    "SyntheticEvaluator",
+    "best_by_reward",
+    "check_accuracy",
+    "exhaustive_search",
+    "greedy_search",
+    "hypervolume",
+    "pareto_front",
+    "plan_reward",
+    "random_search",
+    "releq_reward",
+]

@@ -1,0 +1,140 @@
+"""Comparators for ReLeQ (Elthakeb et al.), METHODS.md section 5: random search and greedy
+layer-by-layer descent (and exhaustive search for small spaces), under the same evaluator, cache,
+budget and reward (``plan_reward``, the ReLeQ terminal reward) as the agent.
+
+- :func:`random_search`: draw every searched layer's action uniformly (``numpy`` generator
+  seeded with ``seed``) and evaluate the plan; stop when the budget is spent (checked before each
+  new evaluation; cached plans are free), when every distinct plan of the space has been seen, or
+  after ``max_draws`` draws.
+- :func:`greedy_search`: start with every searched layer at its largest bits; for each layer in
+  order, lower its weight bits one choice at a time (then its activation bits, when searched),
+  accepting a step while the plan's accuracy stays at or above ``th * acc_float`` and its reward
+  is not lower than the best accepted so far (ties accepted: fewer bits at equal reward); the
+  first rejected step ends that layer. ``passes > 1`` repeats the sweep (only lowering) until a
+  sweep changes nothing.
+- :func:`exhaustive_search`: every distinct plan, in ``itertools.product`` order (tests and
+  small spaces: ``space.n_plans`` evaluations).
+
+Each returns a :class:`SearchOutcome`; ``settings["stopped"]`` says why it ended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lowbit.search.budget import Budget
+from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
+from lowbit.search.outcome import EvalRecord, SearchOutcome
+from lowbit.search.reward import RewardConfig, plan_reward
+from lowbit.search.space import Bits, ChoiceLike, SearchSpace
+
+
+class _Run:
+    """One search's bookkeeping: its records (with rewards), new evaluations and cache hits."""
+
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, reward_config: RewardConfig,
+                 weighted_state: bool, acc_float: float | None) -> None:
+        self.space = space
+        self.ev = evaluator if isinstance(evaluator, CachedEvaluator) else CachedEvaluator(evaluator, space)
+        self.reward_config = reward_config
+        self.weighted_state = weighted_state
+        self.acc_float = check_accuracy(self.ev.float_accuracy() if acc_float is None else acc_float, "float model")
+        self.budget = budget
+        self.tracker = budget.start(self.ev)
+        self.hits0 = self.ev.cache_hits
+        self.records: dict[str, EvalRecord] = {}
+        self.t0 = time.perf_counter()
+
+    def can_visit(self, choices: Sequence[ChoiceLike]) -> bool:
+        return self.ev.is_cached(choices) or not self.tracker.exhausted()
+
+    def visit(self, choices: Sequence[ChoiceLike]) -> EvalRecord:
+        record = self.ev.evaluate(choices)
+        reward = plan_reward(self.space, record.choices, record.accuracy, self.acc_float, self.reward_config,
+                             self.weighted_state)
+        record = record.with_reward(reward)
+        self.records.setdefault(record.key, record)
+        return record
+
+    def outcome(self, strategy: str, **settings: Any) -> SearchOutcome:
+        return SearchOutcome(strategy=strategy, records=list(self.records.values()),
+                             evaluations=self.tracker.used_evals, cache_hits=self.ev.cache_hits - self.hits0,
+                             wall_s=time.perf_counter() - self.t0, acc_float=self.acc_float,
+                             reward_config=self.reward_config.to_dict(),
+                             settings={"budget": self.budget.to_dict(), "weighted_state": self.weighted_state,
+                                       **settings})
+
+
+def random_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), seed: int = 0, *,
+                  reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
+                  acc_float: float | None = None, max_draws: int | None = None) -> SearchOutcome:
+    """Uniform random plans until the budget is spent (module docstring)."""
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
+    rng = np.random.default_rng(seed)
+    draws, stopped = 0, "space exhausted"
+    while len(run.records) < space.n_plans:
+        if max_draws is not None and draws >= max_draws:
+            stopped = "max_draws"
+            break
+        actions = rng.integers(0, space.n_actions, size=space.n_searched)
+        draws += 1
+        choices = [space.decode(int(a)) for a in actions]
+        if not run.can_visit(choices):
+            stopped = "budget"
+            break
+        run.visit(choices)
+    return run.outcome("random", seed=seed, draws=draws, stopped=stopped)
+
+
+def greedy_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), *,
+                  reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
+                  acc_float: float | None = None, passes: int = 1) -> SearchOutcome:
+    """Layer-by-layer descent from the largest bits (module docstring)."""
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
+    current: list[Bits] = list(space.uniform())
+    if not run.can_visit(current):
+        return run.outcome("greedy", passes=passes, stopped="budget")
+    best = run.visit(current)
+    floor = reward_config.th * run.acc_float
+    for _ in range(passes):
+        changed = False
+        for i, name in enumerate(space.searched_names):
+            fields = (0, 1) if space.act_searched(name) else (0,)
+            for field in fields:
+                options = space.bit_choices if field == 0 else space.act_choices
+                for bits in sorted((b for b in options if b < current[i][field]), reverse=True):
+                    candidate = list(current)
+                    candidate[i] = (bits, current[i][1]) if field == 0 else (current[i][0], bits)
+                    if not run.can_visit(candidate):
+                        return run.outcome("greedy", passes=passes, stopped="budget")
+                    record = run.visit(candidate)
+                    assert best.reward is not None and record.reward is not None
+                    if record.accuracy < floor or record.reward < best.reward:
+                        break
+                    current, best, changed = candidate, record, True
+        if not changed:
+            break
+    return run.outcome("greedy", passes=passes, stopped="converged")
+
+
+def exhaustive_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), *,
+                      reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
+                      acc_float: float | None = None) -> SearchOutcome:
+    """Every distinct plan of the space (``space.n_plans`` of them), unless the budget ends it first."""
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
+    fixed = space.act_bits
+    per_layer = []
+    for name in space.searched_names:
+        acts = space.act_choices if space.act_searched(name) else (space.act_choices[-1] if space.search_acts
+                                                                   else fixed,)
+        per_layer.append([(w, a) for w in space.bit_choices for a in acts])
+    for choices in itertools.product(*per_layer):
+        if not run.can_visit(choices):
+            return run.outcome("exhaustive", stopped="budget")
+        run.visit(choices)
+    return run.outcome("exhaustive", stopped="space exhausted")

@@ -1,0 +1,168 @@
+"""The bitwidth environment of ReLeQ (Elthakeb et al.), METHODS.md section 5, as a gymnasium ``Env``.
+
+An episode starts with every searched layer at ``start_bits`` (8) and visits the searched layers in
+order; each step's ``Discrete(space.n_actions)`` action sets that layer's bits
+(:meth:`SearchSpace.decode`). The reward is 0 until the last layer, then the terminal reward
+``releq_reward(acc, acc_float, quant_state, b_min, b_max)`` of the finished plan, whose accuracy
+comes from the evaluator (a :class:`CachedEvaluator`, so a plan is trained once).
+
+Observation (float32, 8 features) at the step that picks layer ``i`` of ``L`` searched layers:
+
+    0  i / L
+    1  current bits of layer i / b_max      (its weight bits; still start_bits when it is visited)
+    2  quant_state = Σ bits / (b_max L)      (chosen bits so far, start_bits for the rest;
+                                              ``weighted_state=True`` weights layers by parameters)
+    3  acc_state = last accuracy / acc_float (1.0 until the episode's plan has been evaluated)
+    4  out-channels   \\
+    5  in-channels     > min-max normalised over all of the model's quantizable layers
+    6  kernel size    /  (kernel size 0 for Linear; 0 when all layers are equal)
+    7  std of the layer's float weights
+
+The observation after the last step has index 1, bits 0 and features 0, with the final
+quant_state and acc_state. Accuracy is measured only at the episode's end (METHODS: reward 0
+until the last layer), so acc_state starts each episode at 1.0: the environment is a
+deterministic function of the actions, and ``reset(seed=...)`` only seeds ``np_random`` (which
+the environment itself does not draw from). ``get_state``/``set_state`` save and restore an
+episode in progress as plain JSON-able data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from lowbit.errors import ConfigError
+from lowbit.quant.bits import LOW_BITS, check_bits
+from lowbit.search.evaluator import Evaluator, check_accuracy
+from lowbit.search.reward import RewardConfig, releq_reward
+from lowbit.search.space import Bits, SearchSpace
+
+N_FEATURES = 8
+STATE_FORMAT = "lowbit-bitwidth-env"
+STATE_VERSION = 1
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return (values - low) / (high - low) if high > low else np.zeros_like(values)
+
+
+class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
+    metadata = {"render_modes": []}
+
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, *, reward_config: RewardConfig = RewardConfig(),
+                 weighted_state: bool = False, acc_float: float | None = None, start_bits: int = 8) -> None:
+        self.space = space
+        self.evaluator = evaluator
+        self.reward_config = reward_config
+        self.weighted_state = bool(weighted_state)
+        self.start_bits = check_bits(start_bits, allowed=LOW_BITS, what="start bitwidth")
+        self.acc_float = check_accuracy(evaluator.float_accuracy() if acc_float is None else acc_float, "float model")
+        if self.acc_float <= 0:
+            raise ConfigError("the float accuracy must be > 0 (the reward divides by it)")
+        self.n_layers = space.n_searched
+
+        layers = space.layers
+        searched = [i for i, layer in enumerate(layers) if layer.searched]
+        table = np.stack([_minmax(np.array([float(getattr(layer, f)) for layer in layers]))
+                          for f in ("out_channels", "in_channels", "kernel_size")], axis=1)
+        stds = np.array([layer.weight_std for layer in layers])
+        self._features = np.concatenate([table, stds[:, None]], axis=1)[searched]  # (L, 4)
+
+        bits_high = max(1.0, self.start_bits / space.b_max)
+        high = np.array([1.0, bits_high, bits_high, max(1.0, 1.0 / self.acc_float), 1.0, 1.0, 1.0,
+                         max(1.0, float(stds.max()))], dtype=np.float32)
+        self.observation_space = spaces.Box(np.zeros(N_FEATURES, dtype=np.float32), high, dtype=np.float32)
+        self.action_space = spaces.Discrete(space.n_actions)
+        self._index = 0
+        self._chosen: list[Bits] = []
+        self._last_accuracy: float | None = None
+
+    # ---- episode ----------------------------------------------------------------------------
+    def _start(self) -> Bits:
+        return self.start_bits, (self.start_bits if self.space.search_acts else self.space.act_bits)
+
+    def _bits_now(self) -> list[Bits]:
+        return self._chosen + [self._start()] * (self.n_layers - len(self._chosen))
+
+    def _observation(self) -> np.ndarray:
+        obs = np.zeros(N_FEATURES, dtype=np.float64)
+        obs[0] = self._index / self.n_layers
+        if self._index < self.n_layers:
+            obs[1] = self.start_bits / self.space.b_max
+            obs[4:] = self._features[self._index]
+        obs[2] = self.space.quant_state(self._bits_now(), self.weighted_state)
+        obs[3] = 1.0 if self._last_accuracy is None else self._last_accuracy / self.acc_float
+        return obs.astype(np.float32)
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._index, self._chosen, self._last_accuracy = 0, [], None
+        return self._observation(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._index >= self.n_layers:
+            raise RuntimeError("the episode is over: call reset() before step()")
+        arr = np.asarray(action)
+        if arr.size != 1 or not np.issubdtype(arr.dtype, np.integer) \
+                or not 0 <= int(arr.reshape(-1)[0]) < self.space.n_actions:
+            raise ConfigError(f"action {action!r} is not in Discrete({self.space.n_actions})")
+        self._chosen.append(self.space.decode(int(arr.reshape(-1)[0])))
+        self._index += 1
+        if self._index < self.n_layers:
+            return self._observation(), 0.0, False, False, {}
+        choices = self.space.normalize(self._chosen)
+        accuracy = check_accuracy(self.evaluator(choices), f"plan {self.space.key(choices)}")
+        self._last_accuracy = accuracy
+        state = self.space.quant_state(choices, self.weighted_state)
+        reward = releq_reward(accuracy, self.acc_float, state, self.space.b_min, self.space.b_max, self.reward_config)
+        info = {"plan_key": self.space.key(choices), "choices": [list(c) for c in choices], "accuracy": accuracy,
+                "avg_bits": self.space.avg_bits(choices), "weighted_bits": self.space.weighted_bits(choices),
+                "quant_state": state, "reward": reward}
+        return self._observation(), float(reward), True, False, info
+
+    # ---- serializable state -----------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        """The episode in progress and the RNG, as plain JSON-able data."""
+        rng = self._np_random
+        return {"format": STATE_FORMAT, "version": STATE_VERSION, "index": self._index,
+                "chosen": [list(c) for c in self._chosen], "last_accuracy": self._last_accuracy,
+                "np_random": None if rng is None else rng.bit_generator.state,
+                "np_random_seed": self._np_random_seed}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (validated: a bad state raises ``ConfigError``)."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
+            raise ConfigError(f"not a {STATE_FORMAT} version {STATE_VERSION} state")
+        index, chosen = state.get("index"), state.get("chosen")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index <= self.n_layers \
+                or not isinstance(chosen, list) or len(chosen) != index:
+            raise ConfigError(f"env state: index {index!r} and {chosen!r} chosen bits do not fit "
+                              f"{self.n_layers} searched layers")
+        if not all(isinstance(c, (list, tuple)) and len(c) == 2 for c in chosen):
+            raise ConfigError(f"env state: chosen bits must be (weight, act) pairs, got {chosen!r}")
+        pairs = [tuple(c) for c in chosen]
+        self.space.normalize(pairs + list(self.space.uniform())[index:])  # validates the bits chosen so far
+        last = state.get("last_accuracy")
+        rng_state = state.get("np_random")
+        if rng_state is None:
+            rng = None
+        else:
+            name = rng_state.get("bit_generator") if isinstance(rng_state, dict) else None
+            if name not in _BIT_GENERATORS:
+                raise ConfigError(f"env state: unknown bit generator {name!r}")
+            rng = np.random.Generator(getattr(np.random, name)())
+            try:
+                rng.bit_generator.state = rng_state
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ConfigError(f"env state: invalid {name} state ({exc})") from None
+        self._index = index
+        self._chosen = [(int(w), int(a)) for w, a in pairs]
+        self._last_accuracy = None if last is None else check_accuracy(last, "env state")
+        self._np_random = rng
+        self._np_random_seed = state.get("np_random_seed")
