@@ -1,0 +1,268 @@
+"""ReLeQ's agent (Elthakeb et al., "ReLeQ: A Reinforcement Learning Approach for Deep Quantization
+of Neural Networks"), METHODS.md section 5: PPO over the bitwidth environment.
+
+The only module of lowbit that imports stable-baselines3 / sb3-contrib. ``policy="mlp"`` is
+stable-baselines3's PPO with an MLP actor-critic; ``policy="lstm"`` is sb3-contrib's RecurrentPPO
+(``MlpLstmPolicy``), the paper's LSTM policy. Standard multi-epoch PPO, hyperparameters in
+:class:`PPOSettings` (recorded in the outcome); the released code's values (clip 0.3, entropy
+0.01, γ 0.9, Adam 1e-4) are not the defaults because it effectively did one actor-critic step per
+episode.
+
+Training runs in chunks of one rollout (``episodes_per_update`` whole episodes, so every chunk
+ends at an episode boundary): after each chunk the agent's weights and optimizer, its rollout
+cursor, the step counters and every RNG (torch, numpy, python) are written to
+``state_dir/releq_state.ckpt`` (atomic, checksummed). ``resume=True`` loads it; plans evaluated
+after the last chunk are in the evaluator's on-disk cache, so a search killed at any point
+resumes and ends with the same plans, rewards and counts as an uninterrupted one (on CPU).
+
+Budget: ``max_evals`` counts the distinct plans this search visits (a plan another search put in
+the shared cache still counts once here, so strategies compare at equal plan counts; the
+``evaluations`` of the outcome are the ones paid for, plans that were not in the cache when the
+search started). When the next new plan would exceed the budget, the search stops; an agent that
+keeps revisiting known plans is stopped by ``max_episodes``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from lowbit.errors import CheckpointError, ConfigError
+from lowbit.search.budget import Budget, BudgetExhausted
+from lowbit.search.env import BitwidthEnv
+from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
+from lowbit.search.outcome import EvalRecord, SearchOutcome
+from lowbit.search.reward import RewardConfig
+from lowbit.search.space import Choices, SearchSpace
+from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
+
+POLICIES = ("mlp", "lstm")
+STATE_FILE = "releq_state.ckpt"
+STATE_KIND = "releq-search"
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """PPO hyperparameters (one rollout = ``episodes_per_update`` episodes of L steps)."""
+
+    policy: str = "mlp"
+    episodes_per_update: int = 8
+    minibatches: int = 2  # per epoch; batch size = rollout length / minibatches
+    n_epochs: int = 10
+    learning_rate: float = 1e-3
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    hidden: tuple[int, ...] = (64, 64)
+    lstm_hidden: int = 32
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConfigError(f"unknown ReLeQ policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        for name in ("episodes_per_update", "minibatches", "n_epochs", "lstm_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"PPO {name} must be an integer >= 1, got {value!r}")
+        for name in ("learning_rate", "gamma", "gae_lambda", "clip_range", "ent_coef"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+                raise ConfigError(f"PPO {name} must be a finite number >= 0, got {value!r}")
+        if not self.learning_rate > 0 or not 0 < self.gamma <= 1 or not 0 < self.gae_lambda <= 1:
+            raise ConfigError("PPO needs learning_rate > 0 and gamma, gae_lambda in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+class _Gate:
+    """The evaluator as the environment sees it: counts distinct plans and enforces the budget."""
+
+    def __init__(self, space: SearchSpace, evaluator: CachedEvaluator, budget: Budget, preexisting: set[str],
+                 visited: list[str], elapsed_before: float) -> None:
+        self.space, self.evaluator, self.budget = space, evaluator, budget
+        self.preexisting, self.visited, self.seen = preexisting, visited, set(visited)
+        self.start = time.perf_counter() - elapsed_before
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def float_accuracy(self) -> float:
+        return self.evaluator.float_accuracy()
+
+    def __call__(self, choices: Choices) -> float:
+        key = self.space.key(choices)
+        if key not in self.seen:
+            if self.budget.max_evals is not None and len(self.visited) >= self.budget.max_evals:
+                raise BudgetExhausted(f"{self.budget.max_evals} plans evaluated")
+            if self.budget.time_limit_s is not None and self.elapsed() >= self.budget.time_limit_s:
+                raise BudgetExhausted(f"time limit of {self.budget.time_limit_s} s reached")
+            self.seen.add(key)
+            self.visited.append(key)
+        return self.evaluator(choices)
+
+
+class _Episodes(BaseCallback):
+    """Collects every finished episode's info (plan, accuracy, reward)."""
+
+    def __init__(self, sink: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def _on_step(self) -> bool:
+        for info, done in zip(self.locals["infos"], self.locals["dones"]):
+            if done and "plan_key" in info:
+                self.sink.append({k: info[k] for k in ("plan_key", "accuracy", "avg_bits", "reward")})
+        return True
+
+
+def _make_agent(env: DummyVecEnv, space: SearchSpace, ppo: PPOSettings, seed: int):
+    n_steps = ppo.episodes_per_update * space.n_searched
+    batch = max(1, n_steps // ppo.minibatches)
+    common = dict(n_steps=n_steps, batch_size=batch, n_epochs=ppo.n_epochs, learning_rate=ppo.learning_rate,
+                  gamma=ppo.gamma, gae_lambda=ppo.gae_lambda, clip_range=ppo.clip_range, ent_coef=ppo.ent_coef,
+                  seed=seed, device="cpu", verbose=0)
+    if ppo.policy == "lstm":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden),
+                                                                     lstm_hidden_size=ppo.lstm_hidden), **common)
+    return PPO("MlpPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden)), **common)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                                                      int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class _Progress:
+    episodes: list[dict[str, Any]] = field(default_factory=list)
+    visited: list[str] = field(default_factory=list)
+    preexisting: set[str] = field(default_factory=set)
+    elapsed_s: float = 0.0
+
+
+def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), seed: int = 0, *,
+                 reward_config: RewardConfig = RewardConfig(), ppo: PPOSettings = PPOSettings(),
+                 weighted_state: bool = False, acc_float: float | None = None, state_dir: str | Path | None = None,
+                 resume: bool = False, max_episodes: int | None = None,
+                 stop_after_updates: int | None = None) -> SearchOutcome:
+    """Search per-layer bits with PPO until the budget is spent (module docstring).
+
+    ``stop_after_updates`` ends this call after that many PPO updates, state saved (used to test
+    that an interrupted search resumes exactly); the outcome then has ``settings["stopped"] =
+    "interrupted"``.
+    """
+    cached = evaluator if isinstance(evaluator, CachedEvaluator) else CachedEvaluator(evaluator, space)
+    acc_float = check_accuracy(cached.float_accuracy() if acc_float is None else acc_float, "float model")
+    if max_episodes is None:
+        max_episodes = 50 * budget.max_evals if budget.max_evals is not None else None
+    if max_episodes is None and budget.time_limit_s is None:
+        raise ConfigError("ReLeQ needs a limit: max_evals, a time limit or max_episodes")
+    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    if resume and (state_path is None or not state_path.exists()):
+        resume_state = None  # nothing saved yet (killed before the first update): start afresh
+    else:
+        resume_state = load_checkpoint(state_path) if resume else None
+    if resume_state is not None and resume_state.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{state_path} is not a ReLeQ search state")
+
+    progress = _Progress(preexisting={r.key for r in cached.records})
+    if resume_state is not None:
+        progress = _Progress(list(resume_state["episodes"]), list(resume_state["visited"]),
+                             set(resume_state["preexisting"]), float(resume_state["elapsed_s"]))
+    gate = _Gate(space, cached, budget, progress.preexisting, progress.visited, progress.elapsed_s)
+    env = BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state, acc_float=acc_float)
+    vec = DummyVecEnv([lambda: env])
+    agent = _make_agent(vec, space, ppo, seed)
+    updates = 0
+    if resume_state is not None:
+        try:
+            agent.policy.load_state_dict(resume_state["policy"])
+            agent.policy.optimizer.load_state_dict(resume_state["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise CheckpointError(f"{state_path} does not match this search's agent: {exc}") from None
+        agent.num_timesteps = int(resume_state["num_timesteps"])
+        agent._n_updates = int(resume_state["n_updates"])
+        agent._episode_num = int(resume_state["episode_num"])
+        agent._last_obs = resume_state["last_obs"].numpy()
+        agent._last_episode_starts = resume_state["last_episode_starts"].numpy()
+        env.set_state(resume_state["env"])
+        _set_rng_state(resume_state["rng"])
+        updates = int(resume_state["updates"])
+
+    callback = _Episodes(progress.episodes)
+    stopped, this_call = "budget", 0
+    while True:
+        if max_episodes is not None and len(progress.episodes) >= max_episodes:
+            stopped = "max_episodes"
+            break
+        if budget.time_limit_s is not None and gate.elapsed() >= budget.time_limit_s:
+            stopped = "time_limit"
+            break
+        if stop_after_updates is not None and this_call >= stop_after_updates:
+            stopped = "interrupted"
+            break
+        try:
+            agent.learn(total_timesteps=agent.n_steps, reset_num_timesteps=False, callback=callback)
+        except BudgetExhausted:
+            stopped = "budget"
+            break
+        updates += 1
+        this_call += 1
+        if state_path is not None:
+            _save(state_path, agent, env, progress, gate, updates)
+    return _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
+                    weighted_state)
+
+
+def _save(path: Path, agent: Any, env: BitwidthEnv, progress: _Progress, gate: _Gate, updates: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {
+        "kind": STATE_KIND, "policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
+        "num_timesteps": int(agent.num_timesteps), "n_updates": int(agent._n_updates),
+        "episode_num": int(agent._episode_num), "last_obs": torch.from_numpy(np.asarray(agent._last_obs).copy()),
+        "last_episode_starts": torch.from_numpy(np.asarray(agent._last_episode_starts).copy()),
+        "env": env.get_state(), "rng": _rng_state(), "updates": updates, "episodes": progress.episodes,
+        "visited": progress.visited, "preexisting": sorted(progress.preexisting), "elapsed_s": gate.elapsed(),
+    })
+
+
+def _outcome(space: SearchSpace, cached: CachedEvaluator, acc_float: float, reward_config: RewardConfig,
+             progress: _Progress, gate: _Gate, ppo: PPOSettings, seed: int, budget: Budget, stopped: str,
+             updates: int, weighted_state: bool) -> SearchOutcome:
+    rewards = {e["plan_key"]: e["reward"] for e in progress.episodes}
+    records: list[EvalRecord] = []
+    for key in progress.visited:
+        record = cached.lookup(space.choices_from_key(key))
+        if record is not None and key in rewards:
+            records.append(record.with_reward(rewards[key]))
+    paid = sum(1 for key in progress.visited if key not in progress.preexisting)
+    return SearchOutcome(strategy="releq", records=records, evaluations=paid,
+                         cache_hits=len(progress.episodes) - paid, wall_s=gate.elapsed(), acc_float=acc_float,
+                         reward_config=reward_config.to_dict(),
+                         settings={"budget": budget.to_dict(), "weighted_state": weighted_state, "seed": seed,
+                                   "ppo": ppo.to_dict(), "episodes": len(progress.episodes), "updates": updates,
+                                   "episode_rewards": [e["reward"] for e in progress.episodes],
+                                   "episode_plans": [e["plan_key"] for e in progress.episodes],
+                                   "stopped": stopped})

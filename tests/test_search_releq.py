@@ -1,0 +1,127 @@
+"""ReLeQ's PPO agent (METHODS.md section 5): finds a known optimum, is deterministic per seed,
+respects the budget, and an interrupted search resumes to the same end as an uninterrupted one."""
+
+from __future__ import annotations
+
+import pytest
+
+from lowbit.errors import ConfigError
+from lowbit.search import Budget, CachedEvaluator, SearchSpace, SyntheticEvaluator
+from lowbit.search.releq import PPOSettings, releq_search
+from search_support import small_model
+
+
+def _space() -> SearchSpace:
+    return SearchSpace.from_model(small_model(), pin_first_last=False)  # 4 layers x 5 choices = 625 plans
+
+
+def _synthetic(space: SearchSpace, noise: float = 0.002) -> SyntheticEvaluator:
+    return SyntheticEvaluator(space, sensitive={"2": 4, "5": 3}, drop=0.3, slope=0.01, noise=noise)
+
+
+def _evaluator(space: SearchSpace, path=None) -> CachedEvaluator:
+    return CachedEvaluator(_synthetic(space), space, cache_path=path)
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAtCall:
+    """The synthetic evaluator, killed (an exception out of the search) at its n-th call."""
+
+    def __init__(self, inner: SyntheticEvaluator, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def __call__(self, choices):
+        self.calls += 1
+        if self.calls == self.n:
+            raise _Killed()
+        return self.inner(choices)
+
+    def float_accuracy(self) -> float:
+        return self.inner.float_accuracy()
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
+def _trace(outcome) -> tuple:
+    s = outcome.settings
+    return (s["episode_plans"], s["episode_rewards"], outcome.evaluations, outcome.cache_hits,
+            [r.key for r in outcome.records], s["updates"])
+
+
+@pytest.mark.slow
+def test_ppo_finds_the_known_optimum() -> None:
+    space = _space()
+    synthetic = _synthetic(space, noise=0.0)
+    optimum = space.key(synthetic.optimum())
+    outcome = releq_search(space, CachedEvaluator(synthetic, space), Budget(max_evals=200), seed=0, max_episodes=400)
+    assert outcome.best.key == optimum
+    assert outcome.evaluations <= 200 and outcome.settings["episodes"] == 400
+
+
+def test_same_seed_same_search_and_another_seed_differs() -> None:
+    space = _space()
+    runs = [releq_search(space, _evaluator(space), Budget(max_evals=40), seed=s, max_episodes=48) for s in (3, 3, 4)]
+    assert _trace(runs[0]) == _trace(runs[1])
+    assert runs[0].settings["episode_plans"] != runs[2].settings["episode_plans"]
+
+
+def test_budget_counts_distinct_plans() -> None:
+    space = _space()
+    outcome = releq_search(space, _evaluator(space), Budget(max_evals=10), seed=0, max_episodes=500)
+    assert outcome.settings["stopped"] == "budget"
+    assert len(outcome.records) == 10 and outcome.evaluations == 10
+    assert outcome.cache_hits == outcome.settings["episodes"] - 10
+
+
+@pytest.mark.parametrize("policy", ["mlp", "lstm"])
+def test_interrupted_search_resumes_to_the_same_end(tmp_path, policy: str) -> None:
+    space = _space()
+    ppo = PPOSettings(policy=policy, episodes_per_update=4, n_epochs=3)
+    kw = dict(seed=1, ppo=ppo, max_episodes=40)
+    whole = releq_search(space, _evaluator(space, tmp_path / "a.jsonl"), Budget(max_evals=30),
+                         state_dir=tmp_path / "a", **kw)
+    first = releq_search(space, _evaluator(space, tmp_path / "b.jsonl"), Budget(max_evals=30),
+                         state_dir=tmp_path / "b", stop_after_updates=4, **kw)
+    assert first.settings["stopped"] == "interrupted"
+    resumed = releq_search(space, _evaluator(space, tmp_path / "b.jsonl"), Budget(max_evals=30),
+                           state_dir=tmp_path / "b", resume=True, **kw)
+    assert _trace(resumed) == _trace(whole)
+
+
+def test_kill_in_the_middle_of_a_rollout_resumes_to_the_same_end(tmp_path) -> None:
+    space = _space()
+    kw = dict(seed=2, ppo=PPOSettings(episodes_per_update=4, n_epochs=2), max_episodes=32)
+    whole = releq_search(space, _evaluator(space, tmp_path / "a.jsonl"), Budget(max_evals=25),
+                         state_dir=tmp_path / "a", **kw)
+    # new plans only reach the inner evaluator: kill at the 9th new plan, whatever episode that is
+    evaluator = CachedEvaluator(_DiesAtCall(_synthetic(space), 9), space, cache_path=tmp_path / "b.jsonl")
+    with pytest.raises(_Killed):
+        releq_search(space, evaluator, Budget(max_evals=25), state_dir=tmp_path / "b", **kw)
+    resumed = releq_search(space, _evaluator(space, tmp_path / "b.jsonl"), Budget(max_evals=25),
+                           state_dir=tmp_path / "b", resume=True, **kw)
+    assert _trace(resumed) == _trace(whole)
+
+
+def test_resume_without_a_saved_state_starts_afresh(tmp_path) -> None:
+    space = _space()
+    kw = dict(seed=0, max_episodes=16, ppo=PPOSettings(episodes_per_update=4, n_epochs=1))
+    fresh = releq_search(space, _evaluator(space), Budget(max_evals=20), **kw)
+    resumed = releq_search(space, _evaluator(space), Budget(max_evals=20), state_dir=tmp_path / "none",
+                           resume=True, **kw)
+    assert _trace(fresh) == _trace(resumed)
+
+
+@pytest.mark.parametrize("bad", [dict(policy="gru"), dict(n_epochs=0), dict(learning_rate=0.0), dict(gamma=1.5)])
+def test_bad_ppo_settings(bad: dict) -> None:
+    with pytest.raises(ConfigError):
+        PPOSettings(**bad)
+
+
+def test_a_limit_is_required() -> None:
+    space = _space()
+    with pytest.raises(ConfigError, match="limit"):
+        releq_search(space, _evaluator(space), Budget())
