@@ -1,5 +1,6 @@
-"""Training-step overhead (BENCHMARKS.md section 1): median step time of QAT with each quantizer
-and of QAT + SinReQ, as ratios to float training, measured interleaved in one run.
+"""Training-step overhead (BENCHMARKS.md section 1): median step time of QAT with each quantizer,
+of QAT + SinReQ and of a WaveQ step (float forward + sinusoid with learned β, α + bit pressure),
+as ratios to float training, measured interleaved in one run.
 
     python benchmarks/step_overhead.py [--rounds 7] [--steps 3] [--threads 1]
 
@@ -26,20 +27,25 @@ from lowbit.models import create_model
 from lowbit.nn import quantize_, quantizer_aux_loss
 from lowbit.plan import Plan
 from lowbit.reg.sinreq import SinReQ
+from lowbit.reg.waveq import WaveQ, WaveQConfig
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = [("float", None, False), ("dorefa", "dorefa", False), ("wrpn", "wrpn", False), ("pact", "pact", False),
             ("lsq", "lsq", False), ("twn", "twn", False), ("dorefa+sinreq", "dorefa", True),
-            ("wrpn+sinreq", "wrpn", True), ("lsq+sinreq", "lsq", True)]
+            ("wrpn+sinreq", "wrpn", True), ("lsq+sinreq", "lsq", True), ("waveq", None, "waveq")]
 SETUPS = [("lenet5", 256, (1, 28, 28)), ("resnet20", 128, (3, 32, 32))]
 
 
-def make_step(model_name: str, shape: tuple[int, ...], batch: int, quantizer: str | None, sinreq: bool):
+def make_step(model_name: str, shape: tuple[int, ...], batch: int, quantizer: str | None, reg_kind: bool | str):
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=shape[0], input_size=shape[1])
     if quantizer is not None:
         quantize_(model, Plan.uniform(4, 4), quantizer)
-    reg = SinReQ(model) if sinreq else None
+    reg = SinReQ(model) if reg_kind is True else None
+    if reg_kind == "waveq":
+        waveq = WaveQ(model, WaveQConfig())
+        model = waveq.wrap()
+        reg = lambda m: waveq.penalty() + waveq.bit_pressure()  # noqa: E731
     aux = quantizer == "pact"
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))

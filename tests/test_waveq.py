@@ -184,3 +184,10 @@ def test_range_term_charges_only_weights_beyond_the_outer_levels() -> None:
 def test_bad_settings_are_clear_errors(bad: dict) -> None:
     with pytest.raises(ConfigError):
         WaveQConfig(**bad)
+
+
+def test_a_budget_exactly_at_the_lowest_mean_is_feasible() -> None:
+    method = WaveQ(_net(), WaveQConfig(budget=5.0))  # (8 + 2 + 2 + 8) / 4, not refused by float32 rounding
+    assert method.plan_bits() == {"0": 8, "2": 2, "4": 2, "6": 8}
+    tenths = WaveQ(nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)]), WaveQConfig(budget=4.4))
+    assert sum(tenths.plan_bits().values()) == 22

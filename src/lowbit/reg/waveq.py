@@ -315,7 +315,7 @@ class WaveQ:
         return {n: bits.get(n, self.config.pin_bits) for n in self.order}
 
     def _integer_mean(self, bits: dict[str, int]) -> float:
-        return float(self.mean_bits(torch.tensor([float(bits[n]) for n in self.names])))
+        return float(self.mean_bits(torch.tensor([float(bits[n]) for n in self.names], dtype=torch.float64)))
 
     def _meet_budget(self, bits: dict[str, int], beta: dict[str, float]) -> None:
         allowed = self.config.allowed()
