@@ -191,3 +191,20 @@ def test_a_budget_exactly_at_the_lowest_mean_is_feasible() -> None:
     assert method.plan_bits() == {"0": 8, "2": 2, "4": 2, "6": 8}
     tenths = WaveQ(nn.Sequential(*[nn.Linear(4, 4) for _ in range(5)]), WaveQConfig(budget=4.4))
     assert sum(tenths.plan_bits().values()) == 22
+
+
+def test_aligned_dorefa_domain_puts_zeros_on_dorefas_own_levels() -> None:
+    """tanh(w/α)/tanh(1) on a DoReFa level -> zero sinusoid; the raw domain w/α misses them."""
+    net = _net()
+    layer_levels = DoReFaWeight.levels(2).double()
+    alpha = 0.5
+    w = alpha * torch.atanh(layer_levels * math.tanh(1.0))  # DoReFa's levels mapped back to weight space
+    for domain, zero in (("aligned", True), ("raw", False)):
+        method = WaveQ(net, WaveQConfig(domain=domain, learn_bits=False, beta_init=2.0, normalize_bits=False,
+                                        range_penalty=False))
+        layer = method.layers[0]
+        with torch.no_grad():
+            layer.weight.copy_(w.float().repeat(layer.weight.numel())[: layer.weight.numel()].view_as(layer.weight))
+            method.params.alpha.fill_(alpha)
+        value = float(method.layer_penalties()[0].detach())
+        assert (value < 1e-6) == zero, (domain, value)

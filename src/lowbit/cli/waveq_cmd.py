@@ -8,7 +8,7 @@ from lowbit.cli.train_cmd import command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES
-from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS
+from lowbit.reg.waveq import DOMAINS, ROUNDINGS, WEIGHTINGS
 from lowbit.runs.waveq_run import WAVEQ_QUANTIZERS, WaveQOptions, run_waveq
 from lowbit.train import Reporter
 from lowbit.train.config import OPTIMIZERS
@@ -27,7 +27,10 @@ def add_waveq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="float weights to start from: a run folder or model file (recommended)")
     parser.add_argument("--quantizer", choices=WAVEQ_QUANTIZERS,
                         help="level geometry of the sinusoid and the fine-tune's quantizer (default dorefa)")
-    parser.add_argument("--scale", choices=SCALE_CHOICES, help="fine-tune weight output scale (default auto)")
+    parser.add_argument("--scale", choices=SCALE_CHOICES,
+                        help="fine-tune weight output scale (default learned, started at WaveQ's alpha)")
+    parser.add_argument("--domain", choices=DOMAINS, help="sinusoid on the quantizer's own map at scale alpha "
+                        "(aligned, default) or on w/alpha (raw, METHODS' formula; equal except for DoReFa)")
     parser.add_argument("--abits", type=int, help="activation bits for the fine-tune, 1..8 or 32 (default 32)")
     parser.add_argument("--budget", type=float, metavar="AVG_BITS",
                         help="target average bits over all quantized layers (pinned first/last included); "
@@ -42,7 +45,7 @@ def add_waveq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="WaveQ phase epochs (default 10)")
     parser.add_argument("--finetune-epochs", type=int, help="quantized fine-tune epochs at the plan (default 5)")
     parser.add_argument("--lr", type=float, help="WaveQ phase learning rate (default 0.01 with --init, else 0.05)")
-    parser.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (default 0.01)")
+    parser.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (default 0.002)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--weight-decay", type=float)

@@ -13,9 +13,14 @@ Gradient-Based Deep Quantization of Neural Networks through Sinusoidal Adaptive 
 Geometry Δ(β), o(β): the weight quantizer family's own ``spacing``/``offset`` at continuous β in
 its unit range (DoReFa: Δ = 2/(2^β - 1), o = Δ/2; WRPN and TWN: Δ = 1/(2^(β-1) - 1), o = 0). LSQ's
 class geometry is in units of its step (Δ = 1 whatever the bits), so WaveQ uses LSQ's unit-range
-view: levels m / 2^(β-1), i.e. Δ = 2^(1-β), o = 0 (the LSQ step is then α / 2^(k-1)). With
-u = w/α the grid is exact for WRPN and LSQ after the fine-tune copies α into their scale; DoReFa's
-levels live in tanh space, so for DoReFa the grid in w/α is the authors' "raw" approximation.
+view: levels m / 2^(β-1), i.e. Δ = 2^(1-β), o = 0 (the LSQ step is then α / 2^(k-1)).
+
+Domain: ``raw`` is METHODS' u = w/α for every quantizer. ``aligned`` (default) is the same for
+WRPN, TWN and LSQ (their levels are uniform in w/α: exact once the fine-tune copies α into their
+scale); for DoReFa (and PACT's DoReFa weights), whose levels are uniform in tanh space, it is
+u = tanh(w/α) / tanh(1): DoReFa's own map at scale α, exact when max|w| = α (the fine-tune's learned
+scale starts at α; the range term keeps |w| <= α). Measured on LeNet-5 at 2 bits, the raw grid
+did not match DoReFa's and the fine-tune after it lost accuracy (see the WaveQ benchmark).
 
 - Range term (``range_penalty``, on by default; our addition, not in the paper): the sinusoid is
   periodic and cannot see where the grid ends, so lowering β and α together keeps the grid's step
@@ -64,6 +69,8 @@ from lowbit.reg.sinreq import sin2_grid
 from lowbit.train.loop import LossTerm
 
 PRESSURES = ("sum", "budget")
+DOMAINS = ("aligned", "raw")
+TANH_FAMILIES = ("dorefa", "pact")  # levels in tanh space
 WEIGHTINGS = ("layers", "params")
 ROUNDINGS = ("round", "ceil")
 MIN_ALPHA = 1e-8
@@ -91,6 +98,7 @@ class WaveQConfig:
     """WaveQ's settings; ``budget`` switches the bit pressure to the budget form."""
 
     quantizer: str = "dorefa"  # whose level geometry the sinusoid follows
+    domain: str = "aligned"  # u = w/α ("raw") or the quantizer's own map at scale α ("aligned")
     lambda_w: float = 1.0  # λ of the sinusoid (three-phase: λ·f(t, 0.2))
     c_beta: float = 0.05  # λ_β = c_β (f(t, 0.2) - f(t, 0.8))
     budget: float | None = None  # target mean bits (pressure "budget"); None: pressure "sum"
@@ -127,6 +135,8 @@ class WaveQConfig:
             raise ConfigError(f"WaveQ beta_init {self.beta_init} lies outside [{self.bits_min}, {self.bits_max}]")
         if not 0.0 < self.freeze_at <= 1.0:
             raise ConfigError(f"WaveQ freeze_at must be a progress in (0, 1], got {self.freeze_at}")
+        if self.domain not in DOMAINS:
+            raise ConfigError(f"unknown WaveQ domain {self.domain!r}; choose one of {', '.join(DOMAINS)}")
         if self.weighting not in WEIGHTINGS:
             raise ConfigError(f"unknown budget weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.rounding not in ROUNDINGS:
@@ -245,13 +255,18 @@ class WaveQ:
         spacing, offset = self.geometry(beta)
         terms = []
         for i, layer in enumerate(self.layers):
-            u = layer.weight / alpha[i]
+            u = self._normalized(layer.weight, alpha[i])
             values = sin2_grid(u, spacing[i], offset[i])
             if self.config.range_penalty:
                 values = values + torch.square((u - u.clamp(-1.0, 1.0)) / spacing[i])
             r = values.mean() if values.numel() else values.new_zeros(())
             terms.append(r / torch.pow(2.0, beta[i]) if self.config.normalize_bits else r)
         return torch.stack(terms)
+
+    def _normalized(self, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        if self.config.domain == "aligned" and self.config.quantizer in TANH_FAMILIES:
+            return torch.tanh(w / alpha) / math.tanh(1.0)
+        return w / alpha
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:
         """Σ_l R_l (the sinusoid term; ``model`` is ignored, the layers are bound at construction)."""

@@ -40,7 +40,7 @@ class WaveQOptions:
     dataset: str = "digits"
     data_dir: str | None = None
     quantizer: str = "dorefa"
-    scale: str = "auto"  # the fine-tune quantizer's output scale
+    scale: str = "learned"  # the fine-tune quantizer's output scale, seeded with α
     abits: int = FLOAT_BITS
     budget: float | None = None  # target average bits (over all quantized layers, pins included)
     weighting: str = "layers"  # budget over layers (avg_bits) or parameters (weighted_bits)
@@ -52,7 +52,8 @@ class WaveQOptions:
     epochs: int = 10  # WaveQ phase
     finetune_epochs: int = 5
     lr: float | None = None  # WaveQ phase: default 0.01 with --init, 0.05 from scratch (SGD)
-    finetune_lr: float = 0.01
+    finetune_lr: float = 0.002  # 0.01 diverged once on LeNet-5 after the snap (benchmarks/waveq_bench.py)
+    domain: str = "aligned"
     batch_size: int = 64
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
@@ -83,7 +84,8 @@ class WaveQOptions:
         self.finetune_config()
 
     def waveq_config(self) -> WaveQConfig:
-        return WaveQConfig(quantizer=self.quantizer, lambda_w=self.lambda_w, c_beta=self.lambda_beta,
+        return WaveQConfig(quantizer=self.quantizer, domain=self.domain, lambda_w=self.lambda_w,
+                           c_beta=self.lambda_beta,
                            budget=self.budget, weighting=self.weighting, bits_min=self.bits_min,
                            bits_max=self.bits_max, beta_init=self.bits_max, rounding=self.rounding)
 
