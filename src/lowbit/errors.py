@@ -58,3 +58,26 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UnknownNameErr
 
 class NumericsError(LowbitError):
     """A loss or weight became NaN or infinite during training."""
+
+
+# Exit codes of an interrupted command: the shell's 128 + signal number.
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class TrainingInterrupted(LowbitError):
+    """SIGINT (Ctrl-C) or SIGTERM stopped training after the current step.
+
+    ``checkpoint`` is the checkpoint written on the way out (None when the caller keeps none, or
+    when a second signal stopped at once); ``exit_code`` is 128 + the signal number (130 for
+    SIGINT, 143 for SIGTERM), which the CLI exits with.
+    """
+
+    def __init__(self, message: str, *, signal_number: int = 2, checkpoint: str | None = None) -> None:
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+        self.exit_code = 128 + signal_number
+
+    def __reduce__(self):  # picklable, so it crosses from a worker process (DCQ's section training) intact
+        return (type(self), (str(self),), dict(self.__dict__))

@@ -205,6 +205,8 @@ class Plan:
             raise PlanError(f"plan file not found: {path}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PlanError(f"cannot read plan {path}: {exc}") from None
+        except RecursionError:
+            raise PlanError(f"cannot read plan {path}: JSON nested too deeply") from None
         try:
             return cls.from_dict(data)
         except LowbitError as exc:

@@ -2,7 +2,9 @@
 
 Precedence: the dataclass defaults < the config file (< a resumed run's config.yaml, when
 resuming) < flags given on the command line. Keys may use dashes or underscores. An unknown key
-is an error with a "did you mean"; a value of the wrong type is an error naming the key.
+is an error with a "did you mean"; a value of the wrong type is an error naming the key; a key
+given twice in one file is an error. The file is read by PyYAML's safe loader: a ``!!python/...``
+tag is refused, never executed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,30 @@ from lowbit.errors import ConfigError, did_you_mean
 T = TypeVar("T")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that repeats a key (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults': later keys override it
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:  # its str() spans several lines; the CLI prints one
@@ -34,6 +56,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config {path}: invalid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot read config {path}: nested too deeply") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors let these through for bad scalars: 2001-02-30, !!int 0x, !!bool maybe
+        raise ConfigError(f"cannot read config {path}: invalid YAML value ({type(exc).__name__}: {exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -61,7 +88,10 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if int in allowed and isinstance(value, int) and not isinstance(value, bool):
         return value
     if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"option {key!r} is out of range: {value}") from None
     if str in allowed and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     names = "/".join(t.__name__ for t in allowed if t is not type(None))

@@ -1,7 +1,10 @@
 """The ``lowbit`` command line: subcommands wire the library together; nothing else reads config.
 
 User mistakes (lowbit's documented errors) print one line and exit 2, without a traceback
-unless ``--debug``. Exit codes: 0 success, 2 user error, 1 unexpected failure.
+unless ``--debug``. Exit codes: 0 success, 2 user error, 1 unexpected failure, 130 interrupted by
+SIGINT (Ctrl-C), 143 interrupted by SIGTERM. During training either signal finishes the current
+step, writes a checkpoint (``lowbit train``; continue it with ``--resume``) and exits with that
+code; outside training SIGINT exits 130 at once and SIGTERM ends the process (status 143 in a shell).
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ import sys
 from rich.console import Console
 
 from lowbit import __version__
-from lowbit.errors import LowbitError
+from lowbit.errors import EXIT_SIGINT, LowbitError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
+EXIT_CODES_HELP = ("exit codes: 0 success, 1 unexpected failure (a bug), 2 user error (one line, no traceback), "
+                   "130 interrupted by Ctrl-C (SIGINT), 143 interrupted by SIGTERM. During training either signal "
+                   "finishes the current step first; 'lowbit train' also writes a checkpoint, continued by "
+                   "'lowbit train --resume --out RUN_DIR'.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lowbit.cli import demo_cmd, list_cmd, train_cmd
 
-    parser = argparse.ArgumentParser(prog="lowbit", description="Deep (below 8-bit) quantization for PyTorch.")
+    parser = argparse.ArgumentParser(prog="lowbit", description="Deep (below 8-bit) quantization for PyTorch.",
+                                     epilog=EXIT_CODES_HELP)
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
@@ -77,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded as result.json's "command"
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as exc:  # the step was finished and (lowbit train) a checkpoint written
+        Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {exc}", highlight=False)
+        return exc.exit_code
     except LowbitError as exc:
         if args.debug:
             raise
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
-        return 130
+        return EXIT_SIGINT
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ def resolve_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 def require_dir(directory: Path, what: str) -> Path:
     """``directory`` if it exists, else a DataError that says how to point at the data."""
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"{what}: data folder {str(directory)!r} is a file, not a folder; pass the folder "
+                        "holding the dataset's files")
     if not directory.is_dir():
         raise DataError(
             f"{what}: data folder {str(directory)!r} does not exist; pass data_dir=... "

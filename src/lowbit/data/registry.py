@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lowbit.errors import ConfigError, did_you_mean, unknown_name
+from lowbit.errors import ConfigError, DataError, did_you_mean, unknown_name
 from lowbit.data.cifar import load_cifar10
 from lowbit.data.digits import load_digits_dataset
 from lowbit.data.files import resolve_data_dir
@@ -92,4 +92,8 @@ def load_dataset(
             )
     directory = resolve_data_dir(name, data_dir) if entry.uses_files else None
     splits = entry.reader(directory, seed, **options)
+    for split, data in (("train", splits.train), ("test", splits.test)):
+        if len(data) == 0:  # a run on it would train nothing or report NaN accuracy
+            where = f" in {str(directory)!r}" if directory is not None else ""
+            raise DataError(f"{name}: the {split} split is empty (0 samples){where}; the data files hold no examples")
     return with_val_split(splits, float(val_fraction), seed)

@@ -222,7 +222,7 @@ def _verified_header(raw: bytes, source: str) -> dict[str, Any]:
     try:
         outer = json.loads(raw[8:8 + length])
         head = json.loads(outer["__metadata__"][HEADER_KEY])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ExportError(f"{source}: invalid header ({exc})") from None
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         found = head.get("format") if isinstance(head, dict) else None

@@ -45,7 +45,7 @@ def read_meta(payload: dict[str, Any], source: Path) -> tuple[ModelArgs, Quantiz
         plan = Plan.from_dict(meta["plan"]) if meta.get("plan") else None
     except LowbitError as exc:
         raise CheckpointError(f"{source}: invalid model description: {exc}") from None
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise CheckpointError(f"{source}: missing or invalid model description ({exc})") from None
     return args, spec, plan
 

@@ -18,7 +18,7 @@ import torch
 from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.models import model_info
-from lowbit.errors import ConfigError, unknown_name
+from lowbit.errors import CheckpointError, ConfigError, unknown_name
 from lowbit.nn import is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
@@ -97,6 +97,8 @@ class TrainOptions:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not self.width_mult > 0:
             raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
+        if self.out is not None and not str(self.out).strip():
+            raise ConfigError("out must name a folder, got an empty string")
 
     def build_plan(self) -> Plan | None:
         if self.quantizer == NO_QUANTIZER:
@@ -134,6 +136,10 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
         resolve_model_file(options.init)  # fail before any work if it is missing
     run = RunFolder(options.out or options.default_out())
     run.check(options.resume)  # created below, once the model is built: a user error leaves no folder
+    # killed before its first checkpoint: --resume starts the run over in its folder (same result)
+    restart = options.resume and run.started_without_checkpoint()
+    if restart:
+        _check_train_config(run, hooks)
     start = time.perf_counter()
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -152,6 +158,10 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
 
     method = options.method_name() + hooks.suffix
     run.prepare(options.resume)
+    if options.resume:
+        run.remove_scratch()  # temp files of writes a kill interrupted
+        if restart:
+            reporter.log(f"{run.path} has no checkpoint yet (stopped during its first epoch): starting over")
     run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
                       **hooks.config})
     if plan is not None:
@@ -167,11 +177,13 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     if aux_quantizers:
         terms.append(LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux_quantizers]).sum()))
     metrics = MetricsWriter(run.metrics, run.file("tensorboard") if options.tensorboard else None)
+    if restart:
+        metrics.truncate_after(-1)  # lines of epochs whose checkpoint was never written
     try:
         hooks.before_fit(model)
         fit(model, train_loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
             eval_name="test" if val_loader is None else "val", loss_terms=terms, callbacks=hooks.callbacks,
-            no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume,
+            no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume and not restart,
             metrics=metrics, reporter=reporter)
     finally:
         metrics.close()
@@ -202,6 +214,16 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
                  f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)  -> {run.path}")
     return result
+
+
+def _check_train_config(run: RunFolder, hooks: MethodHooks) -> None:
+    """Starting a run over is only for a ``lowbit train`` run: refuse another command's folder."""
+    saved = run.read_config()
+    known = {*TrainOptions.__dataclass_fields__, "out", "method", "resolved_lr", *hooks.config}
+    foreign = sorted(str(k) for k in saved if k not in known)
+    if foreign:
+        raise CheckpointError(f"--resume: {run.path} holds no checkpoint and its config.yaml is not a "
+                              f"'lowbit train' run's (keys {', '.join(foreign[:3])}); nothing to resume")
 
 
 def init_accuracy(init: str) -> float | None:

@@ -175,7 +175,7 @@ class CachedEvaluator:
     def _parse(self, line: bytes, lineno: int) -> dict[str, Any]:
         try:
             data = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise CheckpointError(f"search cache {self.cache_path} is corrupt at line {lineno}: {exc}") from None
         if not isinstance(data, dict):
             raise CheckpointError(f"search cache {self.cache_path} is corrupt at line {lineno}: not a JSON object")

@@ -6,6 +6,13 @@ fields to the epoch's metrics record. With a ``checkpoint_path`` the loop writes
 the end of every epoch (model, optimizer, scheduler, RNG state, history); ``resume=True``
 continues from it and ends with the same weights as an uninterrupted run on CPU, because the
 data order of an epoch depends only on (seed, epoch) and the RNG state is restored.
+
+SIGINT (Ctrl-C) and SIGTERM during the epoch loop finish the current optimizer step, write a
+checkpoint of that exact state (``partial``: the epoch in progress, the steps done in it and its
+running sums) and raise :class:`~lowbit.errors.TrainingInterrupted`; resuming replays the
+epoch's batch order, skips the batches already trained on and ends with the same weights as an
+uninterrupted run (see :mod:`lowbit.train.interrupt`). Without a ``checkpoint_path`` the step is
+finished and the error raised, with nothing to resume from.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.errors import CheckpointError, NumericsError
+from lowbit.errors import CheckpointError, NumericsError, TrainingInterrupted
 from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
+from lowbit.train.interrupt import InterruptGuard, signal_name
 from lowbit.train.config import TrainConfig, build_optimizer, build_scheduler
 from lowbit.train.metrics import MetricsWriter
 from lowbit.train.progress import QUIET, Reporter
@@ -49,7 +57,8 @@ StepCallback = Callable[[nn.Module, float], None]  # (model, progress after the 
 @dataclass
 class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
-    resumed_from_epoch: int | None = None
+    resumed_from_epoch: int | None = None  # the last complete epoch of the checkpoint (-1: none)
+    resumed_at_step: int = 0  # steps of the next epoch already done in the checkpoint (mid-epoch)
 
     @property
     def last(self) -> dict[str, Any]:
@@ -105,6 +114,7 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     result, start_epoch = FitResult(), 0
+    partial: dict[str, Any] | None = None
 
     if resume:
         if checkpoint_path is None or not Path(checkpoint_path).exists():
@@ -119,6 +129,7 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
             if use_amp and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             rng, last_epoch = state["rng"], int(state["epoch"])
+            partial = _read_partial(state.get("partial"), last_epoch)
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise CheckpointError(f"{checkpoint_path} does not match this model/run: {exc}") from None
         _set_rng_state(rng)
@@ -127,76 +138,132 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
         result.resumed_from_epoch = last_epoch
         if metrics is not None:
             metrics.truncate_after(last_epoch)
-        reporter.log(f"resuming from the end of epoch {start_epoch} (checkpoint {checkpoint_path})")
+        if partial is not None:
+            result.resumed_at_step = partial["steps"]
+            reporter.log(f"resuming epoch {start_epoch + 1} after step {partial['steps']} "
+                         f"(checkpoint {checkpoint_path})")
+        else:
+            reporter.log(f"resuming from the end of epoch {start_epoch} (checkpoint {checkpoint_path})")
+
+    def train_state(epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "train-state", "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": result.history,
+                **(checkpoint_extra or {}), **extra}
 
     steps_per_epoch = max(len(train_loader), 1)
     total_steps = max(config.epochs * steps_per_epoch, 1)
-    for epoch in range(start_epoch, config.epochs):
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        # running sums stay on the device (float64); the finite check is the step's one host sync
-        sums = {name: torch.zeros((), dtype=torch.float64, device=device)
-                for name in ("loss", "task_loss", *(t.name for t in loss_terms))}
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen, n_batches, running_loss = 0, 0, 0.0
-        with reporter.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
-            for i, (x, y) in enumerate(train_loader):
-                step = epoch * steps_per_epoch + i
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, enabled=use_amp):
-                    logits = model(x)
-                    task = F.cross_entropy(logits.float(), y)
-                loss = task
-                for term in loss_terms:
-                    value = term.fn(model)
-                    sums[term.name] += value.detach()
-                    loss = loss + term.weight_at(step / total_steps) * value
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise NumericsError(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {i + 1}; "
-                                        "stopping (no checkpoint written for this epoch)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                for step_callback in step_callbacks:
-                    step_callback(model, (step + 1) / total_steps)
-                sums["loss"] += loss_value
-                running_loss += loss_value
-                sums["task_loss"] += task.detach()
-                seen += y.numel()
-                n_batches += 1
-                correct += (logits.argmax(1) == y).sum()
-                bar.advance(f"loss {running_loss / n_batches:.3f}")
-        n_batches = max(n_batches, 1)
-        record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v.item() / n_batches
-                       for k, v in sums.items()})
-        record["train_acc"] = correct.item() / seen if seen else float("nan")
-        scheduler.step()
-        if eval_loader is not None:
-            record[f"{eval_name}_loss"], record[f"{eval_name}_acc"] = evaluate(model, eval_loader, device)
-        for callback in callbacks:
-            record.update(callback(epoch, model))
-        record["epoch_s"] = time.perf_counter() - t0
-        result.history.append(record)
-        if metrics is not None:
-            metrics.write(record)
-        reporter.log(_epoch_line(record, config.epochs, eval_name))
-        if checkpoint_path is not None:
-            _check_finite(model, epoch)
-            save_checkpoint(checkpoint_path, {
-                "kind": "train-state", "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": result.history,
-                **(checkpoint_extra or {}),
-            })
+    with InterruptGuard() as guard:
+        for epoch in range(start_epoch, config.epochs):
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(epoch)
+            model.train()
+            t0 = time.perf_counter()
+            # running sums stay on the device (float64); the finite check is the step's one host sync
+            sums = {name: torch.zeros((), dtype=torch.float64, device=device)
+                    for name in ("loss", "task_loss", *(t.name for t in loss_terms))}
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            seen, n_batches, running_loss, skip = 0, 0, 0.0, 0
+            if partial is not None and partial["epoch"] == epoch:  # resuming mid-epoch
+                skip, seen, n_batches, running_loss = (partial["steps"], partial["seen"], partial["n_batches"],
+                                                       partial["running_loss"])
+                correct += partial["correct"].to(device)
+                for name, value in partial["sums"].items():
+                    if name in sums:
+                        sums[name] += value.to(device)
+                t0 -= partial["elapsed_s"]
+                partial = None
+            with reporter.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
+                for i, (x, y) in enumerate(train_loader):
+                    if i < skip:  # trained on before the interruption; iterating keeps the epoch's order
+                        bar.advance()
+                        continue
+                    step = epoch * steps_per_epoch + i
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    with torch.autocast(device.type, enabled=use_amp):
+                        logits = model(x)
+                        task = F.cross_entropy(logits.float(), y)
+                    loss = task
+                    for term in loss_terms:
+                        value = term.fn(model)
+                        sums[term.name] += value.detach()
+                        loss = loss + term.weight_at(step / total_steps) * value
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise NumericsError(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {i + 1}; "
+                                            "stopping (no checkpoint written for this epoch)")
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    for step_callback in step_callbacks:
+                        step_callback(model, (step + 1) / total_steps)
+                    sums["loss"] += loss_value
+                    running_loss += loss_value
+                    sums["task_loss"] += task.detach()
+                    seen += y.numel()
+                    n_batches += 1
+                    correct += (logits.argmax(1) == y).sum()
+                    bar.advance(f"loss {running_loss / n_batches:.3f}")
+                    if guard.received is not None:
+                        saved = None
+                        if checkpoint_path is not None:
+                            _check_finite(model, epoch)
+                            save_checkpoint(checkpoint_path, train_state(epoch - 1, {"partial": {
+                                "epoch": epoch, "steps": i + 1, "seen": seen, "n_batches": n_batches,
+                                "running_loss": running_loss, "correct": correct.cpu(),
+                                "sums": {k: v.cpu() for k, v in sums.items()},
+                                "elapsed_s": time.perf_counter() - t0}}))
+                            saved = str(checkpoint_path)
+                        raise _interrupted(guard.received, saved, f"epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}")
+            n_batches = max(n_batches, 1)
+            record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+            record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v.item() / n_batches
+                           for k, v in sums.items()})
+            record["train_acc"] = correct.item() / seen if seen else float("nan")
+            scheduler.step()
+            if eval_loader is not None:
+                record[f"{eval_name}_loss"], record[f"{eval_name}_acc"] = evaluate(model, eval_loader, device)
+            for callback in callbacks:
+                record.update(callback(epoch, model))
+            record["epoch_s"] = time.perf_counter() - t0
+            result.history.append(record)
+            if metrics is not None:
+                metrics.write(record)
+            reporter.log(_epoch_line(record, config.epochs, eval_name))
+            if checkpoint_path is not None:
+                _check_finite(model, epoch)
+                save_checkpoint(checkpoint_path, train_state(epoch, {}))
+            if guard.received is not None:  # arrived during the evaluation, callbacks or checkpoint
+                raise _interrupted(guard.received, str(checkpoint_path) if checkpoint_path is not None else None,
+                                   f"the end of epoch {epoch + 1}")
     return result
+
+
+def _read_partial(partial: Any, last_epoch: int) -> dict[str, Any] | None:
+    """The mid-epoch state of an interrupted run's checkpoint (None: it ended at an epoch's end)."""
+    if partial is None:
+        return None
+    if not isinstance(partial, dict) or int(partial["epoch"]) != last_epoch + 1:
+        raise ValueError("malformed 'partial' (mid-epoch) state")
+    out = {k: int(partial[k]) for k in ("epoch", "steps", "seen", "n_batches")}
+    out.update(running_loss=float(partial["running_loss"]), elapsed_s=float(partial["elapsed_s"]))
+    if not isinstance(partial["correct"], torch.Tensor) or not isinstance(partial["sums"], dict):
+        raise TypeError("malformed 'partial' (mid-epoch) state")
+    out.update(correct=partial["correct"], sums=dict(partial["sums"]))
+    return out
+
+
+def _interrupted(signum: int, checkpoint: str | None, where: str) -> TrainingInterrupted:
+    if checkpoint is not None:
+        detail = f"checkpoint written to {checkpoint}; continue with --resume"
+    else:
+        detail = "this training keeps no checkpoint of its own, so there is nothing to resume it from"
+    return TrainingInterrupted(f"interrupted by {signal_name(signum)} at {where} (the step was finished); {detail}",
+                               signal_number=signum, checkpoint=checkpoint)
 
 
 def _check_finite(model: nn.Module, epoch: int) -> None:

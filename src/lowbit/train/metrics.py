@@ -28,7 +28,8 @@ class MetricsWriter:
         """On resume: drop lines of epochs after ``epoch`` (written after the last checkpoint)."""
         if self.path is None or not self.path.exists():
             return
-        keep = [line for line in self.path.read_text().splitlines() if _epoch_of(line) <= epoch]
+        # errors="replace": a line of undecodable bytes (a corrupt tail) is dropped like a torn one
+        keep = [line for line in self.path.read_text(errors="replace").splitlines() if _epoch_of(line) <= epoch]
         atomic_write_text(self.path, "".join(line + "\n" for line in keep))
 
     def write(self, record: dict[str, Any]) -> None:
@@ -51,12 +52,15 @@ class MetricsWriter:
 
 
 def _epoch_of(line: str) -> float:
-    """The epoch of a metrics line; +inf for a blank or torn line (a crash mid-append), so it is dropped."""
+    """The epoch of a metrics line; +inf for a blank, torn or malformed line (a crash mid-append), so it is dropped."""
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return math.inf
-    return record.get("epoch", -1) if isinstance(record, dict) else math.inf
+    if not isinstance(record, dict):
+        return math.inf
+    epoch = record.get("epoch", -1)
+    return epoch if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else math.inf
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
