@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     waveq_cmd.add_waveq_arguments(waveq)
     waveq.set_defaults(func=waveq_cmd.run)
 
+    from lowbit.cli import search_cmd
+    releq = sub.add_parser("releq", parents=[common], help="search a per-layer plan with the ReLeQ agent (PPO)",
+                           description=search_cmd.RELEQ_DESCRIPTION)
+    search_cmd.add_search_arguments(releq, strategy_flag=False)
+    releq.set_defaults(func=search_cmd.run_releq_cmd)
+    search = sub.add_parser("search", parents=[common], help="per-layer bitwidth search: releq, random or greedy",
+                            description=search_cmd.SEARCH_DESCRIPTION)
+    search_cmd.add_search_arguments(search, strategy_flag=True)
+    search.set_defaults(func=search_cmd.run_search_cmd)
+
     lister = sub.add_parser("list", parents=[common], help="list models, datasets or quantizers")
     lister.add_argument("what", choices=list_cmd.WHAT)
     lister.set_defaults(func=list_cmd.run)
