@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "and the compression against float32.")
     export_cmd.add_info_arguments(info)
     info.set_defaults(func=export_cmd.run_info)
+
+    from lowbit.cli import report_cmd
+
+    report = sub.add_parser("report", parents=[common], help="compare run folders in one self-contained HTML file",
+                            description=report_cmd.DESCRIPTION)
+    report_cmd.add_report_arguments(report)
+    report.set_defaults(func=report_cmd.run)
     return parser
 
 
