@@ -306,19 +306,26 @@ def test_demo_fast(tmp_path, capsys, monkeypatch):
     out = tmp_path / "demo"
     assert main(["demo", "--fast", "--quiet", "--out", str(out)]) == 0
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert folders == ["dcq-binary", "dorefa-w2", "dorefa-w2-sinreq", "dorefa-w2a2", "float"]
+    assert folders == ["dcq-binary", "dorefa-w2", "dorefa-w2-sinreq", "dorefa-w2a2", "float", "releq-search",
+                       "waveq-budget-5"]
     float_acc = result_of(out / "float")["accuracy"]
     for name in folders:
         result = result_of(out / name)
         assert RESULT_FIELDS <= set(result)
         assert {"config.yaml", "metrics.jsonl", "result.json", "model.ckpt"} <= {p.name for p in (out / name).iterdir()}
-        assert result["fp_accuracy"] == float_acc
+        if name != "releq-search":  # the search trains its own float model without its validation split
+            assert result["fp_accuracy"] == float_acc
+    assert result_of(out / "waveq-budget-5")["avg_bits"] <= 5.0
+    assert result_of(out / "releq-search")["search"]["strategy"] == "releq"
+    report = (out / "report.html").read_text()
+    for name in folders:
+        assert name in report
     assert result_of(out / "dorefa-w2a2")["act_bits"]["conv2"] == 2
     assert result_of(out / "dorefa-w2-sinreq")["method"] == "dorefa+sinreq"
     assert result_of(out / "dcq-binary")["weight_bits"]["conv2"] == 1
     assert (out / "best.lowbit").stat().st_size < 30_000  # the packed export of the best quantized run
     printed = capsys.readouterr().out
-    assert "best.lowbit" in printed
+    assert "best.lowbit" in printed and "report.html" in printed
     for name in folders:
         assert str(out / name) in printed  # the table names the real run folders
     # a second demo into the same folder refuses and changes nothing

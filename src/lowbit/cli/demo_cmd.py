@@ -2,9 +2,11 @@
 a summary table (method, accuracy, average bits, packed size) and a packed export of the best
 quantized model.
 
-Today: a float LeNet-5; DoReFa 2-bit weights and 2-bit weights + activations (QAT from the float
-weights); the same w2 run with SinReQ; DCQ binary (two sections, TWN 1-bit weights); a packed
-k-bit export of the most accurate quantized run. WaveQ and ReLeQ join as they land.
+A float LeNet-5; DoReFa 2-bit weights and 2-bit weights + activations (QAT from the float
+weights); the same w2 run with SinReQ; a WaveQ plan (budget 5 average bits, first/last pinned at
+8); DCQ binary (two sections, TWN 1-bit weights); a short ReLeQ search (its own float model trained
+without the validation split it scores plans on); a packed k-bit export of the most accurate
+quantized run, and ``report.html`` comparing every run (``lowbit report``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from rich.table import Table
 
 from lowbit.errors import ConfigError
 from lowbit.export.packed import load_source
+from lowbit.report.html_report import write_report
 from lowbit.runs.dcq_run import DcqOptions, run_dcq
+from lowbit.runs.search_run import SearchOptions, run_search
 from lowbit.runs.train_run import TrainOptions, run_train
+from lowbit.runs.waveq_run import WaveQOptions, run_waveq
 from lowbit.train import Reporter
 
 
@@ -41,9 +46,17 @@ def run(args: argparse.Namespace) -> int:
                                             reporter=reporter, command="lowbit demo (dorefa w2a2)")),
         ("dorefa w2 + sinreq", lambda o: run_train(TrainOptions(**qat, quantizer="dorefa", wbits=2, sinreq=0.01, out=o),
                                                    reporter=reporter, command="lowbit demo (dorefa w2 + sinreq)")),
+        ("waveq budget 5", lambda o: run_waveq(WaveQOptions(model="lenet5", dataset="digits", init=float_dir,
+                                                            budget=5.0, epochs=epochs, finetune_epochs=2, seed=0,
+                                                            out=o), reporter=reporter,
+                                               command="lowbit demo (waveq budget 5)")),
         ("dcq binary", lambda o: run_dcq(DcqOptions(teacher=float_dir, dataset="digits", sections=2, quantizer="twn",
                                                     wbits=1, epochs=epochs, seed=0, out=o),
                                          reporter=reporter, command="lowbit demo (dcq binary)")),
+        ("releq search", lambda o: run_search(SearchOptions(
+            strategy="releq", model="lenet5", dataset="digits", float_epochs=epochs, max_evals=6 if args.fast else 16,
+            eval_steps=30 if args.fast else 60, eval_train_size=400, finetune_epochs=1 if args.fast else 3, seed=0,
+            out=o), reporter=reporter, command="lowbit demo (releq search)")),
     ]
     results = []
     for label, step in steps:
@@ -54,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     best_label, best_folder, _ = max(quantized, key=lambda item: item[2]["accuracy"])
     packed_file = out / "best.lowbit"
     packed_bytes = load_source(best_folder).save(packed_file)
+    report = write_report([folder for _, folder, _ in results], out / "report.html",
+                          title=f"lowbit demo: LeNet-5 on digits, {epochs} epochs")
 
     table = Table(title=f"lowbit demo: lenet5 on digits, {epochs} epochs, seed 0", header_style="bold")
     for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "run folder"):
@@ -67,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
     console.print(table)
     console.print(f"best quantized model ({best_label}) exported to {packed_file} ({packed_bytes:,} bytes); "
                   f"inspect it with: lowbit info {packed_file}")
+    console.print(f"report comparing every run: {report}")
     console.print(f"demo finished in {time.perf_counter() - start:.1f} s; run folders under {out}")
     return 0
