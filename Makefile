@@ -5,7 +5,7 @@ PIP = $(PYTHON) -m pip
 # range in pyproject.toml is already satisfied and pip does not pull a multi-GB CUDA build.
 TORCH_PIN = torch==2.13.0
 
-.PHONY: install install-test demo test clean
+.PHONY: install install-test demo test bench results clean
 
 install:
 	$(PIP) install --quiet $(TORCH_PIN) || $(PIP) install --quiet "torch>=2.6,<3"
@@ -19,6 +19,18 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m pytest -q
+
+# The benchmarks that fit a 2-core CPU machine (BENCHMARKS.md sections 1-6; a few hours in all, the
+# ReLeQ search the longest), each with its default flags, then RESULTS.md from benchmarks/results/.
+# Each script writes its own results/*.json and *.md; `make results` only re-renders RESULTS.md.
+BENCHMARKS = step_overhead.py foundation.py sinreq.py waveq_bench.py dcq_bench.py releq_bench.py export_bench.py
+
+bench: install-test
+	set -e; for script in $(BENCHMARKS); do echo "== benchmarks/$$script"; $(PYTHON) benchmarks/$$script; done
+	$(PYTHON) benchmarks/make_results.py
+
+results:
+	$(PYTHON) benchmarks/make_results.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

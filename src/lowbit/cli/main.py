@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description=report_cmd.DESCRIPTION)
     report_cmd.add_report_arguments(report)
     report.set_defaults(func=report_cmd.run)
+
+    from lowbit.cli import run_cmd
+
+    runner = sub.add_parser("run", parents=[common], help="run (or --dry-run) one experiment config from configs/",
+                            description=run_cmd.DESCRIPTION)
+    run_cmd.add_run_arguments(runner)
+    runner.set_defaults(func=run_cmd.run)
     return parser
 
 
