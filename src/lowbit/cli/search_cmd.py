@@ -67,6 +67,10 @@ def add_search_arguments(parser: argparse.ArgumentParser, strategy_flag: bool) -
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help="evaluate plans in N worker processes, one torch thread each (default 1): random "
+                        "search ends as the serial one (at --threads 1) does; ReLeQ steps N environments "
+                        "together (N must divide its 8 episodes per update); greedy stays serial")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--out", help="run folder to write (default runs/MODEL-DATASET-STRATEGY-sSEED)")
     parser.add_argument("--resume", action="store_true", default=None,

@@ -11,6 +11,10 @@ The Python entry point is :func:`run_search` with :class:`SearchOptions`. Steps:
    samples and measures validation accuracy (never test); it is cached in
    ``OUT/evaluations.jsonl``, so ``--resume`` reuses every evaluated plan (see
    ``lowbit.runs.search_setup`` for the resumed budget). ReLeQ keeps its agent in ``OUT/agent``.
+   With ``workers > 1`` random search and ReLeQ evaluate plans in that many worker processes
+   (one torch thread each; ``lowbit.search.parallel``): random search ends with the same plans
+   as the serial one (run at ``--threads 1``), ReLeQ runs that many environments in lockstep;
+   greedy descent stays serial.
 3. The best plan by reward is written to plan.json (one explicit entry per layer), fine-tuned
    from the float weights for ``finetune_epochs`` on the train split (minus validation), and
    evaluated once on the test split -> model.ckpt, result.json.
@@ -50,6 +54,8 @@ from lowbit.runs.search_setup import LoggedEvaluator, evaluator_loaders, parse_b
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
 from lowbit.search import greedy_search, random_search
+from lowbit.search.parallel import ParallelEvaluator
+from lowbit.search.space import Choices
 from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 
 STRATEGIES = ("releq", "random", "greedy")
@@ -87,6 +93,7 @@ class SearchOptions:
     batch_size: int = 64
     seed: int = 0
     threads: int | None = None
+    workers: int = 1  # processes evaluating plans (random search, ReLeQ), lowbit.search.parallel
     device: str = "cpu"
     out: str | None = None
     resume: bool = False
@@ -98,7 +105,7 @@ class SearchOptions:
         if self.dataset not in list_datasets():
             raise unknown_name("dataset", self.dataset, list_datasets())
         for name, low in (("float_epochs", 1), ("eval_steps", 0), ("eval_train_size", 1), ("finetune_epochs", 0),
-                          ("batch_size", 1), ("seed", 0), ("threads", 1), ("max_evals", 1)):
+                          ("batch_size", 1), ("seed", 0), ("threads", 1), ("max_evals", 1), ("workers", 1)):
             value = getattr(self, name)
             if value is None and name in ("threads", "max_evals"):
                 continue
@@ -163,7 +170,25 @@ def _ppo_settings(options: SearchOptions) -> Any:
         return None
     from lowbit.search.releq import PPOSettings
 
-    return PPOSettings(policy=options.policy)
+    ppo = PPOSettings(policy=options.policy)
+    if ppo.episodes_per_update % options.workers:
+        raise ConfigError(f"ReLeQ plays {ppo.episodes_per_update} episodes per update, shared by its --workers "
+                          f"environments: --workers must divide {ppo.episodes_per_update}, got {options.workers}")
+    return ppo
+
+
+def _parallel_workers(options: SearchOptions) -> int:
+    """Worker processes for the evaluations: greedy descent evaluates one plan at a time."""
+    return 1 if options.strategy == "greedy" else options.workers
+
+
+def _log_batch_result(logged: LoggedEvaluator) -> Any:
+    """``on_result`` of a ParallelEvaluator: the line LoggedEvaluator says for a plan evaluated in the parent."""
+    def log(choices: Choices, accuracy: float) -> None:
+        logged.count += 1
+        logged.reporter.log(f"{logged.label} {logged.count}: {', '.join(f'{w}/{a}' for w, a in choices)} "
+                            f"-> val accuracy {100 * accuracy:.2f}%")
+    return log
 
 
 def _train_float(options: SearchOptions, run: RunFolder, net: nn.Module, reporter: Reporter,
@@ -196,7 +221,7 @@ def _search(options: SearchOptions, space: SearchSpace, evaluator: CachedEvaluat
     from lowbit.search.releq import releq_search
 
     return releq_search(space, evaluator, budget, options.seed, ppo=ppo, state_dir=agent_dir,
-                        resume=options.resume, **common)
+                        resume=options.resume, n_envs=options.workers, **common)
 
 
 def _write_search_metrics(path: Path, outcome: SearchOutcome, cached: set[str]) -> None:
@@ -250,6 +275,7 @@ def _search_summary(outcome: SearchOutcome, space: SearchSpace, evaluator: Cache
         "wall_s": outcome.wall_s, "budget": settings.get("budget"), "stopped": settings.get("stopped"),
         "reward_config": outcome.reward_config, "evaluator": evaluator.describe(),
         "ppo": settings.get("ppo"), "episodes": settings.get("episodes"), "settings": settings,
+        "workers": evaluator.workers if isinstance(evaluator, ParallelEvaluator) else 1,
     }
 
 
@@ -290,9 +316,19 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     fp_accuracy = evaluate(net, test_loader, options.device)[1]
     inner = FineTuneEvaluator(net, space, eval_train, val_loader, steps=options.eval_steps, quantizer=spec,
                               lr=options.eval_lr, seed=options.seed, device=options.device)
-    evaluator = CachedEvaluator(LoggedEvaluator(inner, reporter, "plan"), space, run.file(CACHE_FILE))
+    logged = LoggedEvaluator(inner, reporter, "plan")
+    workers = _parallel_workers(options)
+    if workers != options.workers:
+        reporter.log(f"greedy descent evaluates one plan at a time: --workers {options.workers} is not used")
+    evaluator = (CachedEvaluator(logged, space, run.file(CACHE_FILE)) if workers == 1 else
+                 ParallelEvaluator(logged, space, run.file(CACHE_FILE), workers=workers, worker_evaluator=inner,
+                                   on_result=_log_batch_result(logged)))
     cached = {r.key for r in evaluator.records}
-    outcome = _search(options, space, evaluator, ppo, run.file(AGENT_DIR), reporter)
+    try:
+        outcome = _search(options, space, evaluator, ppo, run.file(AGENT_DIR), reporter)
+    finally:
+        if isinstance(evaluator, ParallelEvaluator):
+            evaluator.close()
     best = outcome.best
     if best is None:
         raise LowbitError("the search finished without evaluating a plan; raise --max-evals or --time-limit")
@@ -319,7 +355,7 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     result = {
         "command": command or " ".join(["lowbit", *sys.argv[1:]]),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
-        "method": options.strategy, "quantizer": spec.to_dict(), "seed": options.seed,
+        "method": options.strategy, "quantizer": spec.to_dict(), "seed": options.seed, "workers": options.workers,
         "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": fp_accuracy,
         "accuracy_loss": fp_accuracy - accuracy,
         "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},

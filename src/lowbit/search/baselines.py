@@ -16,13 +16,19 @@ budget and reward (``plan_reward``, the ReLeQ terminal reward) as the agent.
   small spaces: ``space.n_plans`` evaluations).
 
 Each returns a :class:`SearchOutcome`; ``settings["stopped"]`` says why it ended.
+
+Given a :class:`~lowbit.search.parallel.ParallelEvaluator` with ``workers > 1``, random and
+exhaustive search draw plans ahead and evaluate the new ones in batches in its worker processes,
+with the same outcome as the serial search (plans, order, counts, budget); greedy descent stays
+serial (``lowbit.search.parallel`` says why).
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,8 +36,60 @@ import numpy as np
 from lowbit.search.budget import Budget
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
 from lowbit.search.outcome import EvalRecord, SearchOutcome
+from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig, plan_reward
-from lowbit.search.space import Bits, ChoiceLike, SearchSpace
+from lowbit.search.space import Bits, ChoiceLike, Choices, SearchSpace
+
+
+class _Plans:
+    """The plans a serial search loop visits, in order, from ``draw`` (a generator of plans or
+    None when there are no more), with a look-ahead: :meth:`prefetch` draws the plans the loop
+    would visit next until ``size`` of them are new (not cached) and evaluates those as one
+    batch. ``distinct_cap`` is where the loop stops on distinct plans visited (random search:
+    every plan of the space); ``max_plans`` bounds how many plans it takes in all (``max_draws``)."""
+
+    def __init__(self, run: _Run, draw: Callable[[], Choices | None], distinct_cap: int | None = None,
+                 max_plans: int | None = None) -> None:
+        self.run, self.draw = run, draw
+        self.distinct_cap, self.max_plans = distinct_cap, max_plans
+        self.ahead: deque[Choices] = deque()
+        self.taken = 0
+
+    def next(self) -> Choices | None:
+        plan = self.ahead.popleft() if self.ahead else self.draw()
+        if plan is not None:
+            self.taken += 1
+        return plan
+
+    def prefetch(self, first: Choices) -> None:
+        """``first`` (just taken) is new and the loop is about to pay for it (module docstring)."""
+        size = self.run.batch_size()
+        if size == 0:  # serial; a batch of 1 still goes to a worker (the same thread count for every plan)
+            return
+        space, ev = self.run.space, self.run.ev
+        seen = set(self.run.records)
+        batch = [first]
+        new = {space.key(first)}
+        seen.add(space.key(first))
+        for plan in self.ahead:  # already drawn (a batch ended early): they come first
+            key = space.key(plan)
+            seen.add(key)
+            if key not in new and ev.lookup(plan) is None:
+                new.add(key)
+                batch.append(plan)
+        while len(new) < size and (self.distinct_cap is None or len(seen) < self.distinct_cap) \
+                and (self.max_plans is None or self.taken + len(self.ahead) < self.max_plans):
+            plan = self.draw()
+            if plan is None:
+                break
+            self.ahead.append(plan)
+            key = space.key(plan)
+            seen.add(key)
+            if key not in new and ev.lookup(plan) is None:
+                new.add(key)
+                batch.append(plan)
+        assert isinstance(ev, ParallelEvaluator)
+        ev.prefetch(batch[:size])
 
 
 class _Run:
@@ -61,6 +119,15 @@ class _Run:
         self.records.setdefault(record.key, record)
         return record
 
+    def batch_size(self) -> int:
+        """How many new plans to evaluate together: the pool's workers, at most the evaluations the
+        budget has left; 0 without a pool (serial)."""
+        if not isinstance(self.ev, ParallelEvaluator) or self.ev.workers < 2:
+            return 0
+        if self.budget.max_evals is None:
+            return self.ev.workers
+        return max(1, min(self.ev.workers, self.budget.max_evals - self.tracker.used_evals))
+
     def outcome(self, strategy: str, **settings: Any) -> SearchOutcome:
         return SearchOutcome(strategy=strategy, records=list(self.records.values()),
                              evaluations=self.tracker.used_evals, cache_hits=self.ev.cache_hits - self.hits0,
@@ -76,19 +143,26 @@ def random_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Bud
     """Uniform random plans until the budget is spent (module docstring)."""
     run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
     rng = np.random.default_rng(seed)
-    draws, stopped = 0, "space exhausted"
+
+    def draw() -> Choices:
+        actions = rng.integers(0, space.n_actions, size=space.n_searched)
+        return space.normalize([space.decode(int(a)) for a in actions])
+
+    plans = _Plans(run, draw, distinct_cap=space.n_plans, max_plans=max_draws)
+    stopped = "space exhausted"
     while len(run.records) < space.n_plans:
-        if max_draws is not None and draws >= max_draws:
+        if max_draws is not None and plans.taken >= max_draws:
             stopped = "max_draws"
             break
-        actions = rng.integers(0, space.n_actions, size=space.n_searched)
-        draws += 1
-        choices = [space.decode(int(a)) for a in actions]
+        choices = plans.next()
+        assert choices is not None
         if not run.can_visit(choices):
             stopped = "budget"
             break
+        if not run.ev.is_cached(choices):
+            plans.prefetch(choices)
         run.visit(choices)
-    return run.outcome("random", seed=seed, draws=draws, stopped=stopped)
+    return run.outcome("random", seed=seed, draws=plans.taken, stopped=stopped)
 
 
 def greedy_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), *,
@@ -133,8 +207,12 @@ def exhaustive_search(space: SearchSpace, evaluator: Evaluator, budget: Budget =
         acts = space.act_choices if space.act_searched(name) else (space.act_choices[-1] if space.search_acts
                                                                    else fixed,)
         per_layer.append([(w, a) for w in space.bit_choices for a in acts])
-    for choices in itertools.product(*per_layer):
+    product: Iterator[Choices] = iter(itertools.product(*per_layer))
+    plans = _Plans(run, lambda: next(product, None))
+    while (choices := plans.next()) is not None:
         if not run.can_visit(choices):
             return run.outcome("exhaustive", stopped="budget")
+        if not run.ev.is_cached(choices):
+            plans.prefetch(choices)
         run.visit(choices)
     return run.outcome("exhaustive", stopped="space exhausted")

@@ -20,6 +20,17 @@ the shared cache still counts once here, so strategies compare at equal plan cou
 ``evaluations`` of the outcome are the ones paid for, plans that were not in the cache when the
 search started). When the next new plan would exceed the budget, the search stops; an agent that
 keeps revisiting known plans is stopped by ``max_episodes``.
+
+Parallel evaluation (``n_envs > 1``, by default the ``workers`` of a
+:class:`~lowbit.search.parallel.ParallelEvaluator`): ``n_envs`` environments step in lockstep
+(a ``DummyVecEnv`` subclass); every episode has the same length, so they finish together and the
+plans they finish are evaluated as one batch in the evaluator's worker processes before they
+step (only the plans the budget gate would admit, so the budget stays exact). Each env plays
+``episodes_per_update / n_envs`` episodes per rollout (it must divide), so a rollout holds the
+same number of episodes from the same policy as the serial agent: the same PPO, with actions
+drawn in another order, so results depend on ``n_envs`` (reproducible for a given seed and
+``n_envs``; ``lowbit.search.parallel`` discusses it). The saved state records ``n_envs``; a
+search resumes only with the same number.
 """
 
 from __future__ import annotations
@@ -41,6 +52,7 @@ from lowbit.search.budget import Budget, BudgetExhausted
 from lowbit.search.env import BitwidthEnv
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
 from lowbit.search.outcome import EvalRecord, SearchOutcome
+from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
 from lowbit.search.space import Choices, SearchSpace
 from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
@@ -110,6 +122,47 @@ class _Gate:
             self.visited.append(key)
         return self.evaluator(choices)
 
+    def prefetch(self, plans: list[Choices | None]) -> None:
+        """Evaluate as one batch the finished plans (None: an episode still running) that
+        :meth:`__call__` will admit, in env order, when the environments step."""
+        if not isinstance(self.evaluator, ParallelEvaluator):
+            return
+        admitted, seen, visited = [], set(self.seen), len(self.visited)
+        for choices in plans:
+            if choices is None:
+                continue
+            key = self.space.key(choices)
+            if key not in seen:
+                if self.budget.max_evals is not None and visited >= self.budget.max_evals:
+                    break
+                if self.budget.time_limit_s is not None and self.elapsed() >= self.budget.time_limit_s:
+                    break
+                seen.add(key)
+                visited += 1
+            admitted.append(choices)
+        self.evaluator.prefetch(admitted)
+
+
+class _LockstepVecEnv(DummyVecEnv):
+    """``n_envs`` bitwidth environments stepped together; the plans a step finishes are evaluated
+    as one batch (:meth:`_Gate.prefetch`) before the environments step (module docstring)."""
+
+    def __init__(self, envs: list[BitwidthEnv], gate: _Gate) -> None:
+        super().__init__([(lambda e=e: e) for e in envs])
+        self.gate = gate
+
+    def step_wait(self) -> Any:
+        plans: list[Choices | None] = []
+        for env, action in zip(self.envs, self.actions):
+            state = env.get_state()
+            if state["index"] == env.n_layers - 1:
+                last = env.space.decode(int(np.asarray(action).reshape(-1)[0]))
+                plans.append(env.space.normalize([tuple(c) for c in state["chosen"]] + [last]))
+            else:
+                plans.append(None)
+        self.gate.prefetch(plans)
+        return super().step_wait()
+
 
 class _Episodes(BaseCallback):
     """Collects every finished episode's info (plan, accuracy, reward)."""
@@ -126,8 +179,8 @@ class _Episodes(BaseCallback):
 
 
 def _make_agent(env: DummyVecEnv, space: SearchSpace, ppo: PPOSettings, seed: int):
-    n_steps = ppo.episodes_per_update * space.n_searched
-    batch = max(1, n_steps // ppo.minibatches)
+    n_steps = ppo.episodes_per_update // env.num_envs * space.n_searched  # per env
+    batch = max(1, n_steps * env.num_envs // ppo.minibatches)
     common = dict(n_steps=n_steps, batch_size=batch, n_epochs=ppo.n_epochs, learning_rate=ppo.learning_rate,
                   gamma=ppo.gamma, gae_lambda=ppo.gae_lambda, clip_range=ppo.clip_range, ent_coef=ppo.ent_coef,
                   seed=seed, device="cpu", verbose=0)
@@ -166,8 +219,11 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                  reward_config: RewardConfig = RewardConfig(), ppo: PPOSettings = PPOSettings(),
                  weighted_state: bool = False, acc_float: float | None = None, state_dir: str | Path | None = None,
                  resume: bool = False, max_episodes: int | None = None,
-                 stop_after_updates: int | None = None) -> SearchOutcome:
+                 stop_after_updates: int | None = None, n_envs: int | None = None) -> SearchOutcome:
     """Search per-layer bits with PPO until the budget is spent (module docstring).
+
+    ``n_envs``: environments stepped in lockstep (default: the evaluator's ``workers`` for a
+    :class:`ParallelEvaluator`, else 1); ``ppo.episodes_per_update`` must be a multiple of it.
 
     ``stop_after_updates`` ends this call after that many PPO updates, state saved (used to test
     that an interrupted search resumes exactly); the outcome then has ``settings["stopped"] =
@@ -179,6 +235,13 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         max_episodes = 50 * budget.max_evals if budget.max_evals is not None else None
     if max_episodes is None and budget.time_limit_s is None:
         raise ConfigError("ReLeQ needs a limit: max_evals, a time limit or max_episodes")
+    if n_envs is None:
+        n_envs = cached.workers if isinstance(cached, ParallelEvaluator) else 1
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ConfigError(f"n_envs must be an integer >= 1, got {n_envs!r}")
+    if ppo.episodes_per_update % n_envs:
+        raise ConfigError(f"PPO episodes_per_update ({ppo.episodes_per_update}) must be a multiple of the "
+                          f"{n_envs} environments (--workers) that play them")
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
     if resume and (state_path is None or not state_path.exists()):
         resume_state = None  # nothing saved yet (killed before the first update): start afresh
@@ -186,14 +249,19 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         resume_state = load_checkpoint(state_path) if resume else None
     if resume_state is not None and resume_state.get("kind") != STATE_KIND:
         raise CheckpointError(f"{state_path} is not a ReLeQ search state")
+    if resume_state is not None and int(resume_state.get("n_envs", 1)) != n_envs:
+        raise CheckpointError(f"{state_path} was saved by a search with {resume_state.get('n_envs', 1)} "
+                              f"environment(s) (--workers); resume it with that number, not {n_envs}")
 
     progress = _Progress(preexisting={r.key for r in cached.records})
     if resume_state is not None:
         progress = _Progress(list(resume_state["episodes"]), list(resume_state["visited"]),
                              set(resume_state["preexisting"]), float(resume_state["elapsed_s"]))
     gate = _Gate(space, cached, budget, progress.preexisting, progress.visited, progress.elapsed_s)
-    env = BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state, acc_float=acc_float)
-    vec = DummyVecEnv([lambda: env])
+    envs = [BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state,
+                        acc_float=acc_float) for _ in range(n_envs)]
+    env = envs[0]
+    vec = DummyVecEnv([lambda: env]) if n_envs == 1 else _LockstepVecEnv(envs, gate)
     agent = _make_agent(vec, space, ppo, seed)
     updates = 0
     if resume_state is not None:
@@ -207,7 +275,8 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         agent._episode_num = int(resume_state["episode_num"])
         agent._last_obs = resume_state["last_obs"].numpy()
         agent._last_episode_starts = resume_state["last_episode_starts"].numpy()
-        env.set_state(resume_state["env"])
+        for one, state in zip(envs, resume_state["envs"] if n_envs > 1 else [resume_state["env"]]):
+            one.set_state(state)
         _set_rng_state(resume_state["rng"])
         updates = int(resume_state["updates"])
 
@@ -224,33 +293,35 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
             stopped = "interrupted"
             break
         try:
-            agent.learn(total_timesteps=agent.n_steps, reset_num_timesteps=False, callback=callback)
+            agent.learn(total_timesteps=agent.n_steps * n_envs, reset_num_timesteps=False, callback=callback)
         except BudgetExhausted:
             stopped = "budget"
             break
         updates += 1
         this_call += 1
         if state_path is not None:
-            _save(state_path, agent, env, progress, gate, updates)
+            _save(state_path, agent, envs, progress, gate, updates)
     return _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
-                    weighted_state)
+                    weighted_state, n_envs)
 
 
-def _save(path: Path, agent: Any, env: BitwidthEnv, progress: _Progress, gate: _Gate, updates: int) -> None:
+def _save(path: Path, agent: Any, envs: list[BitwidthEnv], progress: _Progress, gate: _Gate, updates: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, {
         "kind": STATE_KIND, "policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
         "num_timesteps": int(agent.num_timesteps), "n_updates": int(agent._n_updates),
         "episode_num": int(agent._episode_num), "last_obs": torch.from_numpy(np.asarray(agent._last_obs).copy()),
         "last_episode_starts": torch.from_numpy(np.asarray(agent._last_episode_starts).copy()),
-        "env": env.get_state(), "rng": _rng_state(), "updates": updates, "episodes": progress.episodes,
+        "env": envs[0].get_state(), "n_envs": len(envs), "rng": _rng_state(),
+        **({"envs": [env.get_state() for env in envs]} if len(envs) > 1 else {}),
+        "updates": updates, "episodes": progress.episodes,
         "visited": progress.visited, "preexisting": sorted(progress.preexisting), "elapsed_s": gate.elapsed(),
     })
 
 
 def _outcome(space: SearchSpace, cached: CachedEvaluator, acc_float: float, reward_config: RewardConfig,
              progress: _Progress, gate: _Gate, ppo: PPOSettings, seed: int, budget: Budget, stopped: str,
-             updates: int, weighted_state: bool) -> SearchOutcome:
+             updates: int, weighted_state: bool, n_envs: int = 1) -> SearchOutcome:
     rewards = {e["plan_key"]: e["reward"] for e in progress.episodes}
     records: list[EvalRecord] = []
     for key in progress.visited:
@@ -262,7 +333,8 @@ def _outcome(space: SearchSpace, cached: CachedEvaluator, acc_float: float, rewa
                          cache_hits=len(progress.episodes) - paid, wall_s=gate.elapsed(), acc_float=acc_float,
                          reward_config=reward_config.to_dict(),
                          settings={"budget": budget.to_dict(), "weighted_state": weighted_state, "seed": seed,
-                                   "ppo": ppo.to_dict(), "episodes": len(progress.episodes), "updates": updates,
+                                   "ppo": ppo.to_dict(), "n_envs": n_envs, "episodes": len(progress.episodes),
+                                   "updates": updates,
                                    "episode_rewards": [e["reward"] for e in progress.episodes],
                                    "episode_plans": [e["plan_key"] for e in progress.episodes],
                                    "stopped": stopped})
