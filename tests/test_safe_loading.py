@@ -211,6 +211,8 @@ ALLOWED = {
     ("data/safe_pickle.py", "pickle.Unpickler"): "the restricted unpickler itself (find_class allow-list)",
     ("distill/section_training.py", "pickle.loads"): "a job pickled by this process for its own worker "
                                                      "process; never read from a file",
+    ("search/parallel.py", "pickle.loads"): "the evaluator pickled by this process for its own spawn "
+                                            "workers (pool initializer argument); never read from a file",
     ("cli/config.py", "eval"): "evaluates dataclass type annotations written in lowbit's source",
 }
 UNSAFE = {"pickle.load", "pickle.loads", "pickle.Unpickler", "yaml.unsafe_load", "yaml.full_load",
