@@ -105,6 +105,10 @@ class ArrayLoader:
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
 
+    def epoch_generator(self) -> torch.Generator:
+        """A fresh generator of the current epoch: ``order(g)``, then augmentation draws, per batch."""
+        return self._generator()
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Raw batch -> float32 normalised batch."""
         return x.to(torch.float32, copy=True).mul_(self._mul).sub_(self._sub)  # never in place on the caller's data

@@ -1,7 +1,10 @@
 """``lowbit train``: train a float or quantized zoo model on a dataset and write a run folder.
 
 The Python-level entry point is :func:`run_train` with :class:`TrainOptions`; the CLI only turns
-flags and YAML into options. Methods built on plain training (SinReQ, ...) extend it through
+flags and YAML into options. Under ``torchrun --nproc-per-node N -m lowbit train ...`` it trains
+with DDP (:mod:`lowbit.train.distributed`): ``--batch-size`` is the global batch (each rank
+takes batch_size / N; it must be divisible by N), every rank trains and evaluates, and rank 0
+alone writes the run folder. Methods built on plain training (SinReQ, ...) extend it through
 ``MethodHooks`` (loss terms, epoch callbacks, extra result fields).
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,8 @@ from lowbit.runs.hooks import MethodHooks
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.runs.plots import write_weight_plot
 from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
-from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
+from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
+from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
 
 
 @dataclass
@@ -122,14 +126,32 @@ class TrainOptions:
 
 def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter: Reporter | None = None,
               command: str | None = None) -> dict[str, Any]:
-    """Train as ``options`` say, write the run folder, return ``result.json``'s content."""
-    reporter = reporter or Reporter()
+    """Train as ``options`` say, write the run folder, return ``result.json``'s content.
+
+    Launched by torchrun with more than one process: joins the process group (and leaves it at
+    the end when it created it), trains with DDP; only rank 0 writes files.
+    """
     options.validate()
+    info = init_distributed(options.device)
+    try:
+        return _run_train(options, hooks, reporter, command, info)
+    finally:
+        cleanup(info)
+
+
+def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Reporter | None, command: str | None,
+               info: DistInfo) -> dict[str, Any]:
+    reporter = (reporter or Reporter()) if info.is_main else QUIET
+    if options.batch_size % info.world_size:
+        raise ConfigError(f"--batch-size {options.batch_size} is the global batch and must be divisible by the "
+                          f"{info.world_size} processes (each takes batch_size / {info.world_size})")
     hooks = hooks or MethodHooks()
     if options.quantizer != NO_QUANTIZER:
         hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain,
                                     options.sinreq_mode).combine(hooks)
     config = options.train_config()
+    if info.world_size > 1:
+        config = replace(config, device=info.device)  # cuda -> cuda:LOCAL_RANK
     spec = QuantizerSpec(options.quantizer, scale=options.scale)
     plan = options.build_plan()
     if options.init is not None:
@@ -157,18 +179,22 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
 
     method = options.method_name() + hooks.suffix
-    run.prepare(options.resume)
-    if options.resume:
-        run.remove_scratch()  # temp files of writes a kill interrupted
-        if restart:
-            reporter.log(f"{run.path} has no checkpoint yet (stopped during its first epoch): starting over")
-    run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
-                      **hooks.config})
-    if plan is not None:
-        Plan.from_layer_bits(resolved).save(run.file("plan.json"))
+    barrier()  # every rank has checked the folder before rank 0 creates it
+    if info.is_main:
+        run.prepare(options.resume)
+        if options.resume:
+            run.remove_scratch()  # temp files of writes a kill interrupted
+            if restart:
+                reporter.log(f"{run.path} has no checkpoint yet (stopped during its first epoch): starting over")
+        run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
+                          **hooks.config})
+        if plan is not None:
+            Plan.from_layer_bits(resolved).save(run.file("plan.json"))
 
     train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
                                mean=data.mean, std=data.std)
+    if info.world_size > 1:
+        train_loader = ShardedLoader(train_loader, info.rank, info.world_size)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     val_loader = (ArrayLoader(data.val, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
                   if data.val is not None else None)
@@ -176,7 +202,8 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     aux_quantizers = quantizers_with_aux_loss(model)  # found once, not at every step
     if aux_quantizers:
         terms.append(LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux_quantizers]).sum()))
-    metrics = MetricsWriter(run.metrics, run.file("tensorboard") if options.tensorboard else None)
+    metrics = MetricsWriter(run.metrics if info.is_main else None,
+                            run.file("tensorboard") if options.tensorboard and info.is_main else None)
     if restart:
         metrics.truncate_after(-1)  # lines of epochs whose checkpoint was never written
     try:
@@ -190,8 +217,9 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
     hooks.after_fit(model)
     _, accuracy = evaluate(model, test_loader, config.device)
     val_accuracy = evaluate(model, val_loader, config.device)[1] if val_loader is not None else None
-    save_model(run.model_file, model, args, spec if plan is not None else None,
-               Plan.from_layer_bits(resolved) if plan is not None else None)
+    if info.is_main:
+        save_model(run.model_file, model, args, spec if plan is not None else None,
+                   Plan.from_layer_bits(resolved) if plan is not None else None)
 
     costs = model_costs(model)
     bits = layer_bits(model)
@@ -208,6 +236,10 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
         "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
         **hooks.result_fields(model),
     }
+    if info.world_size > 1:
+        result["world_size"] = info.world_size
+    if not info.is_main:
+        return result
     if plan is not None:
         write_weight_plot(model, run.path, f"{options.model} {method}: weights u(w) and quantizer levels")
     run.write_result(result)

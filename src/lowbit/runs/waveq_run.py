@@ -4,13 +4,16 @@ The Python entry point is :func:`run_waveq` with :class:`WaveQOptions`. The run 
 config.yaml, metrics.jsonl (one line per WaveQ epoch with β, α and the integer plan per layer,
 then one per fine-tune epoch, told apart by ``phase``), plan.json (integer bits), result.json,
 model.ckpt (the quantized fine-tuned model) and plots/beta.png (β per layer over training).
+Under ``torchrun --nproc-per-node N -m lowbit waveq ...`` both phases train with DDP, as
+``lowbit train`` does: ``--batch-size`` is the global batch (divisible by N) and rank 0 alone
+writes the run folder.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -29,7 +32,8 @@ from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder, environment
 from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
 from lowbit.runs.train_run import init_accuracy
-from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
+from lowbit.train import QUIET, MetricsWriter, Reporter, TrainConfig, evaluate
+from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
 
 WAVEQ_QUANTIZERS = ("dorefa", "wrpn", "lsq")
 
@@ -108,8 +112,23 @@ class WaveQOptions:
 
 def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: str | None = None) -> dict[str, Any]:
     """Run WaveQ as ``options`` say, write the run folder, return ``result.json``'s content."""
-    reporter = reporter or Reporter()
     options.validate()
+    info = init_distributed(options.device)
+    try:
+        return _run_waveq(options, reporter, command, info)
+    finally:
+        cleanup(info)
+
+
+def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | None,
+               info: DistInfo) -> dict[str, Any]:
+    reporter = (reporter or Reporter()) if info.is_main else QUIET
+    if options.batch_size % info.world_size:
+        raise ConfigError(f"--batch-size {options.batch_size} is the global batch and must be divisible by the "
+                          f"{info.world_size} processes (each takes batch_size / {info.world_size})")
+    written = options  # config.yaml records the options as given ("cuda", not "cuda:LOCAL_RANK")
+    if info.world_size > 1:
+        options = replace(options, device=info.device)
     if options.init is not None:
         resolve_model_file(options.init)
     run = RunFolder(options.out or options.default_out())
@@ -130,13 +149,17 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
     config = options.waveq_config()
     WaveQ(args.build(), config)  # budget feasibility and layer checks before a folder exists
 
-    run.prepare(False)
-    run.write_config({**asdict(options), "out": str(run.path), "method": options.method_name(),
-                      "resolved_lr": options.train_config().lr, "waveq": config.to_dict()})
+    barrier()  # every rank has checked the folder before rank 0 creates it
+    if info.is_main:
+        run.prepare(False)
+        run.write_config({**asdict(written), "out": str(run.path), "method": options.method_name(),
+                          "resolved_lr": options.train_config().lr, "waveq": config.to_dict()})
     train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
                                mean=data.mean, std=data.std)
+    if info.world_size > 1:
+        train_loader = ShardedLoader(train_loader, info.rank, info.world_size)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
-    metrics = MetricsWriter(run.metrics)
+    metrics = MetricsWriter(run.metrics if info.is_main else None)
     try:
         outcome = waveq_quantize(net, train_loader, waveq=config, train=options.train_config(), quantizer=spec,
                                  finetune=options.finetune_config(), act_bits=options.abits,
@@ -144,12 +167,13 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
     finally:
         metrics.close()
     model = outcome.model
-    outcome.plan.save(run.file("plan.json"))
-    save_model(run.model_file, model, args, spec, outcome.plan)
     _, accuracy = evaluate(model, test_loader, options.device)
-    plot_beta_curves([r["waveq_beta"] for r in outcome.waveq_history], outcome.bits,
-                     run.file("plots") / "beta.png",
-                     f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
+    if info.is_main:
+        outcome.plan.save(run.file("plan.json"))
+        save_model(run.model_file, model, args, spec, outcome.plan)
+        plot_beta_curves([r["waveq_beta"] for r in outcome.waveq_history], outcome.bits,
+                         run.file("plots") / "beta.png",
+                         f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
 
     costs = model_costs(model)
     bits = layer_bits(model)
@@ -168,6 +192,10 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
                   "waveq_wall_s": outcome.waveq_wall_s, "finetune_wall_s": outcome.finetune_wall_s,
                   "accuracy_before_finetune": outcome.accuracy_before_finetune},
     }
+    if info.world_size > 1:
+        result["world_size"] = info.world_size
+    if not info.is_main:
+        return result
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
                  f"weighted bits {costs.weighted_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")

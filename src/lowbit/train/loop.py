@@ -13,6 +13,21 @@ running sums) and raise :class:`~lowbit.errors.TrainingInterrupted`; resuming re
 epoch's batch order, skips the batches already trained on and ends with the same weights as an
 uninterrupted run (see :mod:`lowbit.train.interrupt`). Without a ``checkpoint_path`` the step is
 finished and the error raised, with nothing to resume from.
+
+Distributed (a ``torch.distributed`` group of more than one process is initialized, e.g. under
+``torchrun``; see :mod:`lowbit.train.distributed`): every rank calls ``fit`` with its shard of the
+data (:class:`~lowbit.train.distributed.ShardedLoader`). The model, with the loss terms, is
+wrapped in DistributedDataParallel, which averages the gradients; each rank's cross-entropy is
+its sum times world size / global batch, so a step equals a single-process step on the global
+batch (even with unequal shares) up to float summation order. Loss terms, step and epoch
+callbacks always get the underlying model. A fresh run first shows the model the first global
+batch once (no gradients, batch-norm statistics and RNG put back) so data-dependent state (LSQ's
+activation step) matches a single process and every rank; DDP then broadcasts rank 0's
+parameters and buffers, and re-broadcasts buffers (batch-norm running statistics) at every
+forward. Batch-norm normalises with each rank's own batch (no SyncBatchNorm). Epoch metrics are
+reduced over ranks; rank 0 alone writes metrics and checkpoints while the others wait at a
+barrier; every rank loads the checkpoint on resume and evaluates the whole ``eval_loader``. The
+ranks agree after every step on whether a signal arrived, so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import CheckpointError, NumericsError, TrainingInterrupted
+from lowbit.train import distributed as dist_
 from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
 from lowbit.train.interrupt import InterruptGuard, signal_name
 from lowbit.train.config import TrainConfig, build_optimizer, build_scheduler
@@ -52,6 +68,20 @@ class LossTerm:
 
 EpochCallback = Callable[[int, nn.Module], dict[str, Any]]
 StepCallback = Callable[[nn.Module, float], None]  # (model, progress after the step) -> None
+
+
+class _Objective(nn.Module):
+    """The model's logits and every loss term's value in one forward, so that DDP sees each
+    parameter a term reads (WaveQ's β and α appear only in its terms)."""
+
+    def __init__(self, model: nn.Module, terms: Sequence[LossTerm], device_type: str, use_amp: bool) -> None:
+        super().__init__()
+        self.model, self.terms, self.device_type, self.use_amp = model, list(terms), device_type, use_amp
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with torch.autocast(self.device_type, enabled=self.use_amp):
+            logits = self.model(x)
+        return logits, [term.fn(self.model) for term in self.terms]
 
 
 @dataclass
@@ -114,6 +144,10 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     result, start_epoch = FitResult(), 0
+    ddp, world = dist_.is_distributed(), dist_.world_size()
+    main = dist_.is_main_process()
+    if not main:
+        reporter = QUIET
     partial: dict[str, Any] | None = None
 
     if resume:
@@ -136,7 +170,7 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
         start_epoch = last_epoch + 1
         result.history = list(state.get("history", []))
         result.resumed_from_epoch = last_epoch
-        if metrics is not None:
+        if metrics is not None and main:
             metrics.truncate_after(last_epoch)
         if partial is not None:
             result.resumed_at_step = partial["steps"]
@@ -153,11 +187,16 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
 
     steps_per_epoch = max(len(train_loader), 1)
     total_steps = max(config.epochs * steps_per_epoch, 1)
+    step_model: nn.Module = _Objective(model, loss_terms, device.type, use_amp)
+    if ddp:
+        if not resume and start_epoch < config.epochs:
+            dist_.first_batch_init(model, train_loader, start_epoch, device, use_amp)
+        step_model = dist_.wrap_ddp(step_model, device)
     with InterruptGuard() as guard:
         for epoch in range(start_epoch, config.epochs):
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            model.train()
+            step_model.train()
             t0 = time.perf_counter()
             # running sums stay on the device (float64); the finite check is the step's one host sync
             sums = {name: torch.zeros((), dtype=torch.float64, device=device)
@@ -165,12 +204,14 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
             correct = torch.zeros((), dtype=torch.long, device=device)
             seen, n_batches, running_loss, skip = 0, 0, 0.0, 0
             if partial is not None and partial["epoch"] == epoch:  # resuming mid-epoch
-                skip, seen, n_batches, running_loss = (partial["steps"], partial["seen"], partial["n_batches"],
-                                                       partial["running_loss"])
-                correct += partial["correct"].to(device)
+                # saved as totals over ranks: rank 0 carries them (x world for the mean-like sums)
+                share = 1 if main else 0
+                skip, seen, n_batches, running_loss = (partial["steps"], share * partial["seen"],
+                                                       partial["n_batches"], partial["running_loss"])
+                correct += share * partial["correct"].to(device)
                 for name, value in partial["sums"].items():
                     if name in sums:
-                        sums[name] += value.to(device)
+                        sums[name] += (share * world) * value.to(device)
                 t0 -= partial["elapsed_s"]
                 partial = None
             with reporter.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
@@ -180,18 +221,17 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                         continue
                     step = epoch * steps_per_epoch + i
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    with torch.autocast(device.type, enabled=use_amp):
-                        logits = model(x)
-                        task = F.cross_entropy(logits.float(), y)
+                    count = dist_.GlobalCount(y.numel(), device) if ddp else None
+                    logits, values = step_model(x)
+                    task = (F.cross_entropy(logits.float(), y) if count is None else  # DDP averages over ranks:
+                            F.cross_entropy(logits.float(), y, reduction="sum") * (world / count.wait()))
                     loss = task
-                    for term in loss_terms:
-                        value = term.fn(model)
+                    for term, value in zip(loss_terms, values):
                         sums[term.name] += value.detach()
                         loss = loss + term.weight_at(step / total_steps) * value
-                    loss_value = loss.item()
-                    if not math.isfinite(loss_value):
-                        raise NumericsError(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {i + 1}; "
-                                            "stopping (no checkpoint written for this epoch)")
+                    if not ddp:  # distributed: checked after the step, together with the other ranks
+                        loss_value = loss.item()
+                        _check_loss(loss_value, epoch, i)
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if config.grad_clip is not None:
@@ -201,25 +241,37 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                     scaler.update()
                     for step_callback in step_callbacks:
                         step_callback(model, (step + 1) / total_steps)
-                    sums["loss"] += loss_value
+                    received = None
+                    if ddp:  # one collective per step: all ranks see the same loss check and signal
+                        loss_value, received = dist_.agree_after_step(loss, guard.received)
+                        _check_loss(loss_value, epoch, i)
+                    sums["loss"] += loss.detach() if ddp else loss_value
                     running_loss += loss_value
                     sums["task_loss"] += task.detach()
                     seen += y.numel()
                     n_batches += 1
                     correct += (logits.argmax(1) == y).sum()
                     bar.advance(f"loss {running_loss / n_batches:.3f}")
-                    if guard.received is not None:
+                    if not ddp:
+                        received = guard.received
+                    if received is not None:
                         saved = None
                         if checkpoint_path is not None:
                             _check_finite(model, epoch)
-                            save_checkpoint(checkpoint_path, train_state(epoch - 1, {"partial": {
-                                "epoch": epoch, "steps": i + 1, "seen": seen, "n_batches": n_batches,
-                                "running_loss": running_loss, "correct": correct.cpu(),
-                                "sums": {k: v.cpu() for k, v in sums.items()},
-                                "elapsed_s": time.perf_counter() - t0}}))
+                            p_sums, p_correct, p_seen = (dist_.reduce_sums(sums, correct, seen) if ddp
+                                                         else (sums, correct, seen))
+                            if main:
+                                save_checkpoint(checkpoint_path, train_state(epoch - 1, {"partial": {
+                                    "epoch": epoch, "steps": i + 1, "seen": p_seen, "n_batches": n_batches,
+                                    "running_loss": running_loss, "correct": p_correct.cpu(),
+                                    "sums": {k: v.cpu() for k, v in p_sums.items()},
+                                    "elapsed_s": time.perf_counter() - t0}}))
+                            dist_.barrier()
                             saved = str(checkpoint_path)
-                        raise _interrupted(guard.received, saved, f"epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}")
+                        raise _interrupted(received, saved, f"epoch {epoch + 1}, step {i + 1}/{steps_per_epoch}")
             n_batches = max(n_batches, 1)
+            if ddp:
+                sums, correct, seen = dist_.reduce_sums(sums, correct, seen)
             record: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
             record.update({f"train_{k}" if k in ("loss", "task_loss") else k: v.item() / n_batches
                            for k, v in sums.items()})
@@ -231,16 +283,25 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                 record.update(callback(epoch, model))
             record["epoch_s"] = time.perf_counter() - t0
             result.history.append(record)
-            if metrics is not None:
+            if metrics is not None and main:
                 metrics.write(record)
             reporter.log(_epoch_line(record, config.epochs, eval_name))
             if checkpoint_path is not None:
                 _check_finite(model, epoch)
-                save_checkpoint(checkpoint_path, train_state(epoch, {}))
-            if guard.received is not None:  # arrived during the evaluation, callbacks or checkpoint
-                raise _interrupted(guard.received, str(checkpoint_path) if checkpoint_path is not None else None,
+                if main:
+                    save_checkpoint(checkpoint_path, train_state(epoch, {}))
+                dist_.barrier()
+            received = dist_.any_received(guard.received, device)
+            if received is not None:  # arrived during the evaluation, callbacks or checkpoint
+                raise _interrupted(received, str(checkpoint_path) if checkpoint_path is not None else None,
                                    f"the end of epoch {epoch + 1}")
     return result
+
+
+def _check_loss(loss_value: float, epoch: int, i: int) -> None:
+    if not math.isfinite(loss_value):
+        raise NumericsError(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {i + 1}; "
+                            "stopping (no checkpoint written for this epoch)")
 
 
 def _read_partial(partial: Any, last_epoch: int) -> dict[str, Any] | None:
