@@ -11,7 +11,6 @@ epochs), result.json, plan.json and model.ckpt (the stitched quantized network, 
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,13 +22,14 @@ from lowbit.data import ArrayLoader, list_datasets
 from lowbit.distill import BALANCES, DCQConfig, dcq_quantize, split, split_points
 from lowbit.errors import ConfigError, did_you_mean, unknown_name
 from lowbit.models import model_info
-from lowbit.nn import layer_bits, quantize_
+from lowbit.nn import quantize_
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.runs.build import ModelArgs, load_model_and_data
-from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import load_model, resolve_model_file, save_model
+from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
 
@@ -225,18 +225,13 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
     save_model(run.model_file, model, args, spec, final_plan)
 
     costs = model_costs(model)
-    bits = layer_bits(model)
-    env = environment()
     sections = [s.to_dict() for s in outcome.sections]
     result = {
-        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        **record_fields(command, start),
         "model": args.name, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
         "method": options.method_name(), "quantizer": spec.to_dict(), "seed": options.seed,
         "accuracy": outcome.accuracy, "stitched_accuracy": outcome.stitched_accuracy, "fp_accuracy": fp_accuracy,
-        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
-        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
-        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
-        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
+        **model_fields(model),
         "mode": options.mode, "loss": options.loss, "workers": options.workers, "balance": options.balance,
         "split_at": outcome.split_at, "num_sections": len(sections), "epochs": options.epochs,
         "finetune_epochs": options.finetune_epochs, "kd_weight": options.kd_weight,

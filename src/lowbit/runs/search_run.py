@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,8 +47,9 @@ from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
 from lowbit.report.search_plots import plot_pareto, plot_plan_bits, plot_rewards
 from lowbit.runs.build import load_model_and_data
 from lowbit.runs.dcq_run import sample_input
-from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder, environment
+from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
+from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.runs.search_setup import LoggedEvaluator, evaluator_loaders, parse_bits, search_budget
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
@@ -350,19 +350,16 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     val_accuracy = evaluate(model, val_loader, options.device)[1]
     save_model(run.model_file, model, args, spec, plan)
 
-    costs, bits, env = model_costs(model), layer_bits(model), environment()
+    costs, bits = model_costs(model), layer_bits(model)
     _write_plots(run, outcome, space, bits, f"{options.model} {options.strategy}")
     result = {
-        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        **record_fields(command, start),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
         "method": options.strategy, "quantizer": spec.to_dict(), "seed": options.seed, "workers": options.workers,
         "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": fp_accuracy,
         "accuracy_loss": fp_accuracy - accuracy,
-        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
-        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
-        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
+        **model_fields(model),
         "compute": model_compute_costs(model, sample_input(args).to(options.device)).to_dict(),
-        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
         "init": options.init if options.init is not None else str(run.file(FLOAT_DIR)),
         "finetune_epochs": options.finetune_epochs, "finetune_lr": options.finetune_lr,
         "search": _search_summary(outcome, space, evaluator),

@@ -10,7 +10,6 @@ alone writes the run folder. Methods built on plain training (SinReQ, ...) exten
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,10 +28,11 @@ from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
 from lowbit.runs.build import load_model_and_data
-from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.folder import RunFolder
 from lowbit.runs.hooks import MethodHooks
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.runs.plots import write_weight_plot
+from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
 from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
@@ -222,18 +222,13 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
                    Plan.from_layer_bits(resolved) if plan is not None else None)
 
     costs = model_costs(model)
-    bits = layer_bits(model)
-    env = environment()
     result = {
-        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        **record_fields(command, start),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name,
         "data": data.description, "method": method, "quantizer": spec.to_dict() if plan else None,
         "seed": options.seed, "epochs": options.epochs,
         "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
-        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
-        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
-        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
-        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
+        **model_fields(model),
         **hooks.result_fields(model),
     }
     if info.world_size > 1:

@@ -11,7 +11,6 @@ writes the run folder.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -22,15 +21,15 @@ from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.errors import ConfigError, unknown_name
 from lowbit.models import model_info
-from lowbit.nn import layer_bits
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import QuantizerSpec
 from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import waveq_quantize
 from lowbit.report.bits_plot import plot_beta_curves
 from lowbit.runs.build import load_model_and_data
-from lowbit.runs.folder import RunFolder, environment
+from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
+from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.runs.train_run import init_accuracy
 from lowbit.train import QUIET, MetricsWriter, Reporter, TrainConfig, evaluate
 from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
@@ -176,17 +175,12 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
                          f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
 
     costs = model_costs(model)
-    bits = layer_bits(model)
-    env = environment()
     result = {
-        "command": command or " ".join(["lowbit", *sys.argv[1:]]),
+        **record_fields(command, start),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
         "method": options.method_name(), "quantizer": spec.to_dict(), "seed": options.seed,
         "accuracy": accuracy, "fp_accuracy": fp_accuracy,
-        "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
-        "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
-        "float_size_bytes": costs.float_size_bytes, "compression": costs.compression,
-        "wall_s": time.perf_counter() - start, "version": env["lowbit"], "environment": env,
+        **model_fields(model),
         "waveq": {**config.to_dict(), "beta": outcome.beta, "alpha": outcome.alpha,
                   "epochs": options.epochs, "finetune_epochs": options.finetune_epochs,
                   "waveq_wall_s": outcome.waveq_wall_s, "finetune_wall_s": outcome.finetune_wall_s,
