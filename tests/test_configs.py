@@ -17,8 +17,8 @@ from lowbit.cli.main import main
 from lowbit.cli.run_cmd import load_experiment
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.quant.registry import NO_QUANTIZER
-from lowbit.runs.config_run import (COMMANDS, EXPERIMENT_FILE, STAND_IN_SHAPES, dry_run, parse_override,
-                                    run_experiment)
+from lowbit.runs.config_dry_run import STAND_IN_SHAPES, dry_run
+from lowbit.runs.config_run import COMMANDS, EXPERIMENT_FILE, parse_override, run_experiment
 from lowbit.runs.search_run import SearchOptions
 from lowbit.runs.train_run import TrainOptions
 from lowbit.train import QUIET

@@ -2,7 +2,8 @@
 (``configs/``) -> the options of its command -> a dry run or the run.
 
 This module reads the YAML files (DESIGN.md: only the CLI reads config files) and merges options;
-``lowbit.runs.config_run`` holds the rest (structure, typed overrides, dependencies, dry run).
+``lowbit.runs.config_run`` holds the rest (structure, typed overrides, dependencies; the dry run is
+``lowbit.runs.config_dry_run``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from rich.console import Console
 from lowbit.cli.config import merge_options, read_yaml
 from lowbit.cli.train_cmd import command_line
 from lowbit.errors import ConfigError, LowbitError
-from lowbit.runs.config_run import COMMANDS, Experiment, check_mapping, dry_run, link_dependency, parse_overrides
+from lowbit.runs.config_dry_run import dry_run
+from lowbit.runs.config_run import COMMANDS, Experiment, check_mapping, link_dependency, parse_overrides
 from lowbit.runs.config_run import resolve_out, run_experiment, validate_options
 from lowbit.train import Reporter
 
