@@ -125,3 +125,12 @@ def test_a_limit_is_required() -> None:
     space = _space()
     with pytest.raises(ConfigError, match="limit"):
         releq_search(space, _evaluator(space), Budget())
+
+
+def test_on_episode_sees_every_episode_in_order() -> None:
+    space = _space()
+    seen: list[dict] = []
+    outcome = releq_search(space, _evaluator(space), Budget(max_evals=10), seed=0, max_episodes=16,
+                           on_episode=seen.append)
+    assert [e["plan_key"] for e in seen] == outcome.settings["episode_plans"]
+    assert [e["reward"] for e in seen] == outcome.settings["episode_rewards"]

@@ -220,8 +220,17 @@ def _search(options: SearchOptions, space: SearchSpace, evaluator: CachedEvaluat
         return greedy_search(space, evaluator, budget, **common)
     from lowbit.search.releq import releq_search
 
-    return releq_search(space, evaluator, budget, options.seed, ppo=ppo, state_dir=agent_dir,
-                        resume=options.resume, n_envs=options.workers, **common)
+    seen: set[str] = set()
+    best = [float("-inf")]
+    with reporter.bar("ReLeQ plans", options.max_evals or 0) as bar:
+        def on_episode(episode: dict[str, Any]) -> None:
+            best[0] = max(best[0], episode["reward"])
+            if episode["plan_key"] not in seen:
+                seen.add(episode["plan_key"])
+                bar.advance(f"best reward {best[0]:.3f}")
+
+        return releq_search(space, evaluator, budget, options.seed, ppo=ppo, state_dir=agent_dir,
+                            resume=options.resume, n_envs=options.workers, on_episode=on_episode, **common)
 
 
 def _write_search_metrics(path: Path, outcome: SearchOutcome, cached: set[str]) -> None:

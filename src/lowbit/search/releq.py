@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,14 +168,16 @@ class _LockstepVecEnv(DummyVecEnv):
 class _Episodes(BaseCallback):
     """Collects every finished episode's info (plan, accuracy, reward)."""
 
-    def __init__(self, sink: list[dict[str, Any]]) -> None:
+    def __init__(self, sink: list[dict[str, Any]], on_episode: Callable[[dict[str, Any]], None] | None) -> None:
         super().__init__()
-        self.sink = sink
+        self.sink, self.on_episode = sink, on_episode
 
     def _on_step(self) -> bool:
         for info, done in zip(self.locals["infos"], self.locals["dones"]):
             if done and "plan_key" in info:
                 self.sink.append({k: info[k] for k in ("plan_key", "accuracy", "avg_bits", "reward")})
+                if self.on_episode is not None:
+                    self.on_episode(self.sink[-1])
         return True
 
 
@@ -219,10 +222,12 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                  reward_config: RewardConfig = RewardConfig(), ppo: PPOSettings = PPOSettings(),
                  weighted_state: bool = False, acc_float: float | None = None, state_dir: str | Path | None = None,
                  resume: bool = False, max_episodes: int | None = None,
-                 stop_after_updates: int | None = None, n_envs: int | None = None) -> SearchOutcome:
+                 stop_after_updates: int | None = None, n_envs: int | None = None,
+                 on_episode: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
     """Search per-layer bits with PPO until the budget is spent (module docstring).
 
-    ``n_envs``: environments stepped in lockstep (default: the evaluator's ``workers`` for a
+    ``on_episode`` is called with each finished episode's plan key, accuracy, average bits and
+    reward (progress display). ``n_envs``: environments stepped in lockstep (default: the evaluator's ``workers`` for a
     :class:`ParallelEvaluator`, else 1); ``ppo.episodes_per_update`` must be a multiple of it.
 
     ``stop_after_updates`` ends this call after that many PPO updates, state saved (used to test
@@ -280,7 +285,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         _set_rng_state(resume_state["rng"])
         updates = int(resume_state["updates"])
 
-    callback = _Episodes(progress.episodes)
+    callback = _Episodes(progress.episodes, on_episode)
     stopped, this_call = "budget", 0
     while True:
         if max_episodes is not None and len(progress.episodes) >= max_episodes:
