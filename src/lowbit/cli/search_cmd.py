@@ -62,8 +62,10 @@ def add_search_arguments(parser: argparse.ArgumentParser, strategy_flag: bool) -
     parser.add_argument("--eval-lr", type=float, help="their learning rate (default 0.01, SGD)")
     parser.add_argument("--val-fraction", type=float,
                         help="share of the train split held out to measure plans (default 0.2; never test)")
-    parser.add_argument("--finetune-epochs", type=int, help="full fine-tune of the best plan (default 5)")
-    parser.add_argument("--finetune-lr", type=float, help="its learning rate (default 0.01)")
+    parser.add_argument("--finetune-epochs", type=int, help="full fine-tune of the best plan (default 10)")
+    parser.add_argument("--finetune-lr", type=float,
+                        help="its learning rate (default 0.002; measured: LeNet-5 weights-only 97.0%% at 0.002 vs "
+                        "95.7%% at 0.01, but conv1d with 2-3-bit activations 73%% at 0.002 vs 84%% at 0.01)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
