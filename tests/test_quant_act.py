@@ -180,6 +180,17 @@ def test_lsq_act_initialises_from_the_first_training_batch_only(k):
     assert q.step.item() == step
 
 
+@pytest.mark.parametrize("k", ALL_K)
+def test_lsq_act_waits_for_a_batch_that_is_not_all_zero(k):
+    q = make(LSQAct, k)
+    q.train()
+    q(torch.zeros(4, 3))  # dead ReLUs: no scale to learn from
+    assert not bool(q.initialized) and q.step.item() == 1.0
+    q(torch.full((4, 3), 0.5))
+    assert bool(q.initialized)
+    assert q.step.item() == pytest.approx(2 * 0.5 / math.sqrt(2**k - 1), rel=1e-6)
+
+
 # ---- ties -----------------------------------------------------------------------------------
 
 HALF_EVEN = {0.5: 0.0, 1.5: 2.0, 2.5: 2.0}

@@ -98,10 +98,12 @@ class LSQAct(ActQuantizer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        if self.training and xf.numel() and not bool(self.initialized):  # an empty batch does not count
+        if self.training and xf.numel() and not bool(self.initialized):
             with torch.no_grad():
-                self.step.copy_((2.0 * finite_abs_mean(xf) / math.sqrt(self.q_p)).clamp_min(1e-8))
-                self.initialized.fill_(True)
+                mean = finite_abs_mean(xf)
+                if bool(mean > 0):  # an empty or all-zero batch (dead ReLUs) does not set the step
+                    self.step.copy_(2.0 * mean / math.sqrt(self.q_p))
+                    self.initialized.fill_(True)
         features = math.prod(xf.shape[1:]) if xf.dim() > 1 else xf.numel()
         g = 1.0 / math.sqrt(max(features, 1) * self.q_p)
         return _LSQActQuantize.apply(xf, self.step.abs().clamp_min(1e-8), self.q_p, g).to(x.dtype)
