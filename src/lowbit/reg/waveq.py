@@ -225,6 +225,10 @@ class WaveQ:
                               "are the pinned first/last ones (use pin_first_last=False)")
         self.layers = [layers[n] for n in learned]
         self.counts = {n: layers[n].weight.numel() for n in names}
+        by_params = config.weighting == "params"
+        self._learned_weights = [float(self.counts[n]) if by_params else 1.0 for n in learned]
+        self._pinned_weight = float(sum(self.counts[n] if by_params else 1 for n in self.pinned))
+        self._weight_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.geometry = GEOMETRIES[config.quantizer]
         alpha = torch.stack([m.weight.detach().abs().max().clamp_min(MIN_ALPHA) for m in self.layers])
         self.params = WaveQParams(learned, alpha, config.beta_init)
@@ -275,14 +279,11 @@ class WaveQ:
     def mean_bits(self, beta: torch.Tensor | None = None) -> torch.Tensor:
         """Mean bits over all quantized layers (pinned at ``pin_bits``), by layers or parameters."""
         beta = self._beta_alpha()[0] if beta is None else beta
-        if self.config.weighting == "params":
-            w_learned = beta.new_tensor([float(self.counts[n]) for n in self.names])
-            w_pinned = float(sum(self.counts[n] for n in self.pinned))
-        else:
-            w_learned = torch.ones_like(beta)
-            w_pinned = float(len(self.pinned))
-        total = (beta * w_learned).sum() + self.config.pin_bits * w_pinned
-        return total / (w_learned.sum() + w_pinned)
+        key = (beta.device, beta.dtype)
+        if key not in self._weight_cache:  # built once per device: this runs at every training step
+            self._weight_cache[key] = torch.tensor(self._learned_weights, dtype=beta.dtype, device=beta.device)
+        total = (beta * self._weight_cache[key]).sum() + self.config.pin_bits * self._pinned_weight
+        return total / (sum(self._learned_weights) + self._pinned_weight)
 
     def bit_pressure(self, model: nn.Module | None = None) -> torch.Tensor:
         """B(β): Σ β (pressure ``sum``) or relu(mean_bits(β) - budget) (pressure ``budget``)."""

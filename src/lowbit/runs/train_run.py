@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,15 +26,15 @@ from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
-from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.hooks import MethodHooks
-from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
+from lowbit.runs.model_io import resolve_model_file, save_model
 from lowbit.runs.plots import write_weight_plot
 from lowbit.runs.result_fields import model_fields, record_fields
+from lowbit.runs.start import check_global_batch, start_model, train_loader
 from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
 from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
-from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
+from lowbit.train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 
 @dataclass
@@ -142,9 +141,7 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
 def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Reporter | None, command: str | None,
                info: DistInfo) -> dict[str, Any]:
     reporter = (reporter or Reporter()) if info.is_main else QUIET
-    if options.batch_size % info.world_size:
-        raise ConfigError(f"--batch-size {options.batch_size} is the global batch and must be divisible by the "
-                          f"{info.world_size} processes (each takes batch_size / {info.world_size})")
+    check_global_batch(options.batch_size, info.world_size)
     hooks = hooks or MethodHooks()
     if options.quantizer != NO_QUANTIZER:
         hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain,
@@ -163,19 +160,9 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
     if restart:
         _check_train_config(run, hooks)
     start = time.perf_counter()
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir,
-                                           seed=options.seed, val_fraction=options.val_fraction,
-                                           width_mult=options.width_mult)
-    reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
-    reporter.log(note)
-    model = args.build()
-    fp_accuracy = None
-    if options.init is not None:
-        load_float_weights(model, options.init)
-        fp_accuracy = init_accuracy(options.init)
+    args, data, model, fp_accuracy = start_model(options.model, options.dataset, options.data_dir, seed=options.seed,
+                                                 threads=options.threads, init=options.init, reporter=reporter,
+                                                 val_fraction=options.val_fraction, width_mult=options.width_mult)
     resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
 
     method = options.method_name() + hooks.suffix
@@ -191,10 +178,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
         if plan is not None:
             Plan.from_layer_bits(resolved).save(run.file("plan.json"))
 
-    train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
-                               mean=data.mean, std=data.std)
-    if info.world_size > 1:
-        train_loader = ShardedLoader(train_loader, info.rank, info.world_size)
+    loader = train_loader(data, options.batch_size, options.seed, info)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     val_loader = (ArrayLoader(data.val, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
                   if data.val is not None else None)
@@ -208,7 +192,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
         metrics.truncate_after(-1)  # lines of epochs whose checkpoint was never written
     try:
         hooks.before_fit(model)
-        fit(model, train_loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
+        fit(model, loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
             eval_name="test" if val_loader is None else "val", loss_terms=terms, callbacks=hooks.callbacks,
             no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume and not restart,
             metrics=metrics, reporter=reporter)
@@ -251,13 +235,3 @@ def _check_train_config(run: RunFolder, hooks: MethodHooks) -> None:
     if foreign:
         raise CheckpointError(f"--resume: {run.path} holds no checkpoint and its config.yaml is not a "
                               f"'lowbit train' run's (keys {', '.join(foreign[:3])}); nothing to resume")
-
-
-def init_accuracy(init: str) -> float | None:
-    """The float reference accuracy when --init points at a float run folder."""
-    path = Path(init)
-    folder = RunFolder(path if path.is_dir() or path.name != MODEL_FILE else path.parent)
-    if not folder.file("result.json").exists():
-        return None
-    result = folder.read_result()
-    return result.get("accuracy") if result.get("method") == "float" else result.get("fp_accuracy")

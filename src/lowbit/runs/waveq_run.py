@@ -15,8 +15,6 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import torch
-
 from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.errors import ConfigError, unknown_name
@@ -26,13 +24,12 @@ from lowbit.quant.registry import QuantizerSpec
 from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import waveq_quantize
 from lowbit.report.bits_plot import plot_beta_curves
-from lowbit.runs.build import load_model_and_data
 from lowbit.runs.folder import RunFolder
-from lowbit.runs.model_io import load_float_weights, resolve_model_file, save_model
+from lowbit.runs.model_io import resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
-from lowbit.runs.train_run import init_accuracy
+from lowbit.runs.start import check_global_batch, start_model, train_loader
 from lowbit.train import QUIET, MetricsWriter, Reporter, TrainConfig, evaluate
-from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
+from lowbit.train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 WAVEQ_QUANTIZERS = ("dorefa", "wrpn", "lsq")
 
@@ -122,9 +119,7 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
 def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | None,
                info: DistInfo) -> dict[str, Any]:
     reporter = (reporter or Reporter()) if info.is_main else QUIET
-    if options.batch_size % info.world_size:
-        raise ConfigError(f"--batch-size {options.batch_size} is the global batch and must be divisible by the "
-                          f"{info.world_size} processes (each takes batch_size / {info.world_size})")
+    check_global_batch(options.batch_size, info.world_size)
     written = options  # config.yaml records the options as given ("cuda", not "cuda:LOCAL_RANK")
     if info.world_size > 1:
         options = replace(options, device=info.device)
@@ -133,34 +128,22 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
     run = RunFolder(options.out or options.default_out())
     run.check(False)
     start = time.perf_counter()
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir, seed=options.seed)
-    reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
-    reporter.log(note)
-    net = args.build()
-    fp_accuracy = None
-    if options.init is not None:
-        load_float_weights(net, options.init)
-        fp_accuracy = init_accuracy(options.init)
+    args, data, net, fp_accuracy = start_model(options.model, options.dataset, options.data_dir, seed=options.seed,
+                                               threads=options.threads, init=options.init, reporter=reporter)
     spec = QuantizerSpec(options.quantizer, scale=options.scale)
     config = options.waveq_config()
-    WaveQ(args.build(), config)  # budget feasibility and layer checks before a folder exists
+    WaveQ(net, config)  # budget feasibility and layer checks before a folder exists (net is not changed)
 
     barrier()  # every rank has checked the folder before rank 0 creates it
     if info.is_main:
         run.prepare(False)
         run.write_config({**asdict(written), "out": str(run.path), "method": options.method_name(),
                           "resolved_lr": options.train_config().lr, "waveq": config.to_dict()})
-    train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
-                               mean=data.mean, std=data.std)
-    if info.world_size > 1:
-        train_loader = ShardedLoader(train_loader, info.rank, info.world_size)
+    loader = train_loader(data, options.batch_size, options.seed, info)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     metrics = MetricsWriter(run.metrics if info.is_main else None)
     try:
-        outcome = waveq_quantize(net, train_loader, waveq=config, train=options.train_config(), quantizer=spec,
+        outcome = waveq_quantize(net, loader, waveq=config, train=options.train_config(), quantizer=spec,
                                  finetune=options.finetune_config(), act_bits=options.abits,
                                  eval_loader=test_loader, metrics=metrics, reporter=reporter)
     finally:
