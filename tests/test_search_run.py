@@ -161,3 +161,25 @@ def test_evaluator_data_is_held_out_from_train_never_test() -> None:
     assert train.num_samples == 200 and len(set(train.indices.tolist())) == 200
     big, _ = evaluator_loaders(data, train_size=10_000, batch_size=64, seed=0)
     assert big.num_samples == len(data.train)
+
+
+def test_the_agent_sees_the_float_weights_std(tmp_path, float_run, monkeypatch) -> None:
+    """The observation's weight-std feature comes from the --init weights, not a fresh initialisation."""
+    import lowbit.runs.search_run as search_run
+    from lowbit.runs.model_io import load_model
+
+    seen = []
+    real = search_run.random_search
+
+    def spy(space, *args, **kwargs):
+        seen.append(space)
+        return real(space, *args, **kwargs)
+
+    monkeypatch.setattr(search_run, "random_search", spy)
+    assert main(["search", "--strategy", "random", "--init", str(float_run), *TINY,
+                 "--out", str(tmp_path / "r")]) == 0
+    model = load_model(str(float_run))[0]
+    modules = dict(model.named_modules())
+    for layer in seen[0].layers:
+        expected = modules[layer.name].weight.detach().double().std(unbiased=False).item()
+        assert layer.weight_std == pytest.approx(expected, rel=1e-5)

@@ -318,6 +318,9 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     if options.init is None:
         _train_float(options, run, net, reporter, command)
     net.to(options.device)
+    # the space above validated the choices; the agent's features (weight std per layer) must come
+    # from the float weights, which are only final now (loaded or just trained)
+    space = SearchSpace.from_model(net, options.bits(), options.pin_first_last, options.search_acts, options.acts())
     eval_train, val_loader = evaluator_loaders(data, options.eval_train_size, options.batch_size, options.seed)
     train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
                                mean=data.mean, std=data.std)
