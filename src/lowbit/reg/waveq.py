@@ -68,7 +68,6 @@ from lowbit.reg.schedules import three_phase_bits, three_phase_weight
 from lowbit.reg.sinreq import sin2_grid
 from lowbit.train.loop import LossTerm
 
-PRESSURES = ("sum", "budget")
 DOMAINS = ("aligned", "raw")
 TANH_FAMILIES = ("dorefa", "pact")  # levels in tanh space
 WEIGHTINGS = ("layers", "params")

@@ -100,14 +100,22 @@ class PPOSettings:
 class _Gate:
     """The evaluator as the environment sees it: counts distinct plans and enforces the budget."""
 
-    def __init__(self, space: SearchSpace, evaluator: CachedEvaluator, budget: Budget, preexisting: set[str],
-                 visited: list[str], elapsed_before: float) -> None:
+    def __init__(self, space: SearchSpace, evaluator: CachedEvaluator, budget: Budget, visited: list[str],
+                 elapsed_before: float) -> None:
         self.space, self.evaluator, self.budget = space, evaluator, budget
-        self.preexisting, self.visited, self.seen = preexisting, visited, set(visited)
+        self.visited, self.seen = visited, set(visited)
         self.start = time.perf_counter() - elapsed_before
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def _refusal(self, visited: int) -> str | None:
+        """Why the budget admits no new plan after ``visited`` distinct ones (None: it admits one)."""
+        if self.budget.max_evals is not None and visited >= self.budget.max_evals:
+            return f"{self.budget.max_evals} plans evaluated"
+        if self.budget.time_limit_s is not None and self.elapsed() >= self.budget.time_limit_s:
+            return f"time limit of {self.budget.time_limit_s} s reached"
+        return None
 
     def float_accuracy(self) -> float:
         return self.evaluator.float_accuracy()
@@ -115,10 +123,9 @@ class _Gate:
     def __call__(self, choices: Choices) -> float:
         key = self.space.key(choices)
         if key not in self.seen:
-            if self.budget.max_evals is not None and len(self.visited) >= self.budget.max_evals:
-                raise BudgetExhausted(f"{self.budget.max_evals} plans evaluated")
-            if self.budget.time_limit_s is not None and self.elapsed() >= self.budget.time_limit_s:
-                raise BudgetExhausted(f"time limit of {self.budget.time_limit_s} s reached")
+            refusal = self._refusal(len(self.visited))
+            if refusal is not None:
+                raise BudgetExhausted(refusal)
             self.seen.add(key)
             self.visited.append(key)
         return self.evaluator(choices)
@@ -134,9 +141,7 @@ class _Gate:
                 continue
             key = self.space.key(choices)
             if key not in seen:
-                if self.budget.max_evals is not None and visited >= self.budget.max_evals:
-                    break
-                if self.budget.time_limit_s is not None and self.elapsed() >= self.budget.time_limit_s:
+                if self._refusal(visited) is not None:
                     break
                 seen.add(key)
                 visited += 1
@@ -262,7 +267,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
     if resume_state is not None:
         progress = _Progress(list(resume_state["episodes"]), list(resume_state["visited"]),
                              set(resume_state["preexisting"]), float(resume_state["elapsed_s"]))
-    gate = _Gate(space, cached, budget, progress.preexisting, progress.visited, progress.elapsed_s)
+    gate = _Gate(space, cached, budget, progress.visited, progress.elapsed_s)
     envs = [BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state,
                         acc_float=acc_float) for _ in range(n_envs)]
     env = envs[0]
