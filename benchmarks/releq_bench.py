@@ -131,10 +131,9 @@ def main() -> None:
                                         finetune_lr=args.finetune_lr or setup["finetune_lr"],
                                         seed=seed, threads=1, out=str(out), resume=out.exists())
                 result = run_search(options, reporter=QUIET, command="benchmarks/releq_bench.py")
-                resumed = options.resume
                 float_dir = float_dir or str(out / "float")
                 rows.append(row(result, setup, seed))
-                if resumed:  # the search replayed from its cache: its cost is the first run's
+                if options.resume and not result["search"]["new_evaluations"]:  # replayed: the first run's cost
                     rows[-1]["search_wall_s"] = searched_s.get((setup["model"], seed, strategy),
                                                                rows[-1]["search_wall_s"])
                 r = rows[-1]
