@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 
 import lowbit.runs.folder as folder_module
-import lowbit.runs.train_run as train_run_module
+import lowbit.runs.start as run_start_module
 from lowbit.cli.main import main
 from lowbit.data import load_dataset
 from lowbit.errors import CheckpointError, DataError
@@ -42,7 +42,7 @@ def no_data_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("data was loaded before the mistake was reported")
 
-    monkeypatch.setattr(train_run_module, "load_model_and_data", refuse)
+    monkeypatch.setattr(run_start_module, "load_model_and_data", refuse)  # where every run loads its data
 
 
 @pytest.mark.parametrize("flags, needles", [
