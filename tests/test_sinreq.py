@@ -42,12 +42,18 @@ def test_zero_at_levels_one_at_midpoints(family: str, k: int) -> None:
 
 @given(case=st.sampled_from(CASES), u=st.floats(-4.0, 4.0, allow_nan=False))
 def test_period_is_spacing(case: tuple[str, int], u: float) -> None:
+    # the sinusoid itself (range_penalty=False) is periodic everywhere; with the range term (the
+    # default) the period holds while both points lie inside the level range
     family, k = case
     cls = FAMILIES[family].weight
     x = torch.tensor([u], dtype=torch.float64)
     delta = cls.spacing(k)
-    a, b = sinreq_penalty(x, k, cls), sinreq_penalty(x + delta, k, cls)
+    a, b = sinreq_penalty(x, k, cls, range_penalty=False), sinreq_penalty(x + delta, k, cls, range_penalty=False)
     assert abs(float(a) - float(b)) < 1e-9
+    levels = cls.levels(k)
+    if float(levels[0]) <= u and u + delta <= float(levels[-1]):
+        a, b = sinreq_penalty(x, k, cls), sinreq_penalty(x + delta, k, cls)
+        assert abs(float(a) - float(b)) < 1e-9
 
 
 def test_continuous_k_matches_integer_k() -> None:
