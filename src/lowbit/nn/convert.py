@@ -7,8 +7,9 @@ call still holds the right tensors (but not new quantizer parameters such as LSQ
 Re-applying replaces the quantizers instead of stacking them; ``dequantize_`` turns the model
 back into a float one (optionally baking the fake-quantized weights in).
 
-Output scale ``auto``: a layer whose next leaf module (in registration order) is a batch norm
-gets ``none`` (paper-exact, the norm absorbs the scale); every other layer gets ``max``.
+Output scale ``auto``: the weight quantizer's ``auto_scale`` decides, told whether the layer's next
+leaf module (in registration order) is a batch norm: ``none`` there (paper-exact, the norm absorbs
+the scale) and ``max`` elsewhere, except WRPN, whose clip range is not scale-free (``max`` always).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def quantize_(model: nn.Module, plan: Plan | None = None,
         if bits.is_float:
             built[name] = flt
             continue
-        scale = spec.scale if spec.scale != "auto" else ("none" if name in normed else "max")
+        scale = spec.scale if spec.scale != "auto" else spec.family.weight.auto_scale(name in normed)
         wq = spec.make_weight(bits.weight, flt.weight, name, scale) if bits.weight != FLOAT_BITS else None
         aq = spec.make_act(bits.act, name) if bits.act != FLOAT_BITS else None
         qmod = empty_like_layer(flt, QUANT_CLASS[type(flt)])

@@ -11,8 +11,9 @@ exposes the geometry that the sinusoidal regularizers (SinReQ, WaveQ) align to:
   ``offset`` accept a float tensor ``k`` too (WaveQ's continuous bitwidth).
 
 Output scale (``scale``): ``none`` (paper-exact: w_q lives in the unit range), ``max`` (a detached
-``s = max|w|``: w_q = s * Q(w / s)), ``learned`` (``s`` a parameter initialised at ``max|w|``).
-Networks without batch norm after a layer (LeNet) need ``max`` or ``learned``.
+``s = max|w|``: w_q = s * Q(w / s)), ``learned`` (``s`` a parameter initialised at ``max|w|``);
+max|w| runs over the finite entries of w. Networks without batch norm after a layer (LeNet) need
+``max`` or ``learned``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class WeightQuantizer(Quantizer):
         if self.scale_mode == "learned":
             init = finite_abs_max(weight.detach()).clamp_min(1e-8)
             self.scale = nn.Parameter(init.reshape(()).clone())
+
+    @classmethod
+    def auto_scale(cls, behind_norm: bool) -> str:
+        """The output scale ``scale="auto"`` picks: ``none`` (paper-exact) for a layer a norm layer
+        follows (the norm absorbs the scale), ``max`` for the others."""
+        return "none" if behind_norm else "max"
 
     def output_scale(self, w: torch.Tensor) -> torch.Tensor | float:
         """The per-layer output scale s (1.0 for ``none``)."""

@@ -8,6 +8,8 @@ Activations (unsigned): Q_N = 0, Q_P = 2^k - 1, s initialised from the first bat
     (2 mean|x| / sqrt(Q_P)), g = 1/sqrt(N_features Q_P).
 The STE through round gives the paper's step-size gradient: round(v) - v inside the clip range,
 -Q_N or Q_P outside.
+Non-finite weights: the initial mean skips them; their outputs are NaN for NaN and Q_P s / -Q_N s
+for +-inf, with no gradient to w or s (the step's gradient sums over the finite entries only).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import nn
 
 from lowbit.quant.base import ActQuantizer, WeightQuantizer
-from lowbit.quant.ste import finite_abs_mean, grad_scale, round_ste
+from lowbit.quant.ste import finite_abs_mean
 
 
 class LSQWeight(WeightQuantizer):
@@ -49,8 +51,34 @@ class LSQWeight(WeightQuantizer):
         return w / self.step.abs().clamp_min(1e-8)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        s = grad_scale(self.step.abs().clamp_min(1e-8), self.grad_factor)
-        return round_ste(torch.clamp(w / s, -self.q_n, self.q_p)) * s
+        return _LSQWeightQuantize.apply(w, self.step.abs().clamp_min(1e-8), self.q_n, self.q_p, self.grad_factor)
+
+
+class _LSQWeightQuantize(torch.autograd.Function):
+    """round(clip(w / s, -Q_N, Q_P)) s in one autograd node, with LSQ's gradients: dw = 1 inside the
+    clip range (boundaries included) and 0 outside; ds = g * (round(v) - v) inside, -Q_N / Q_P
+    outside (v = w / s, g the gradient scale). A NaN/inf weight (NaN, or -Q_N s / Q_P s in the
+    forward pass) gets dw = 0 and adds nothing to ds, which autograd through the formula would
+    make NaN (0 x inf). Saves w and s, recomputes v in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, s: torch.Tensor, q_n: int, q_p: int,  # type: ignore[override]
+                g: float) -> torch.Tensor:
+        ctx.save_for_backward(w, s)
+        ctx.q_n, ctx.q_p, ctx.g = q_n, q_p, g
+        return torch.round(torch.clamp(w / s, -q_n, q_p)) * s
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, None, None]:  # type: ignore
+        w, s = ctx.saved_tensors
+        v = w / s
+        # the clip of v with NaN/inf read as 0: c == v exactly inside the clip range, never at NaN/inf
+        clipped = torch.clamp(torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0), -ctx.q_n, ctx.q_p)
+        inside = clipped == v
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        dw = torch.where(inside, grad, zero)
+        ds = (grad * torch.where(inside, torch.round(v) - v, clipped)).sum() * ctx.g
+        return dw, ds.reshape(s.shape), None, None, None
 
 
 class _LSQActQuantize(torch.autograd.Function):

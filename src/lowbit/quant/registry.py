@@ -52,8 +52,9 @@ def get_family(name: str) -> Family:
 class QuantizerSpec:
     """Which quantizer family to use, and its options.
 
-    scale: ``auto`` picks ``none`` for layers followed by batch norm (paper-exact) and ``max``
-    for the others (LeNet, classifier layers), see ``lowbit.nn.convert``.
+    scale: ``auto`` lets the weight quantizer pick (``WeightQuantizer.auto_scale``): ``none`` for
+    layers followed by batch norm (paper-exact) and ``max`` for the others (LeNet, classifier
+    layers); WRPN always ``max``. See ``lowbit.nn.convert``.
     """
 
     name: str = "dorefa"

@@ -6,9 +6,17 @@ the gradient is zero outside the clip range and one inside it, boundaries includ
 clamp passes the gradient where ``min <= x <= max``).
 
 Rounding mode: ``torch.round`` rounds half to even (0.5 -> 0, 1.5 -> 2, 2.5 -> 2).
+
+Non-finite weights (``split_finite`` / ``restore_nonfinite``): a quantizer whose statistics or
+learned scale would meet a NaN or infinite weight in the backward pass (0 x NaN = NaN would reach
+every entry through a max, or a scale's gradient) computes on the weight with those entries set
+to 0, masks its statistics on the finiteness of the raw weight, then gives the non-finite entries
+their documented value (NaN stays NaN, +inf/-inf the top/bottom level), which carries no gradient.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -66,6 +74,24 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return ste(x, torch.round(x))
 
 
+class _StraightThroughFinite(torch.autograd.Function):
+    """Forward: ``y``. Backward: the incoming gradient to ``x``, unmasked (``x`` is finite)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def round_ste_finite(x: torch.Tensor) -> torch.Tensor:
+    """:func:`round_ste` for an ``x`` with no NaN/inf (computed from ``split_finite``'s ``w0`` and
+    bounded), without the finiteness mask: the same forward, one pass less each way."""
+    return _StraightThroughFinite.apply(x, torch.round(x).detach())
+
+
 def sign_ste(x: torch.Tensor) -> torch.Tensor:
     """+1 for x >= 0, -1 for x < 0 (zero maps to +1 so there are exactly two levels), NaN stays NaN.
 
@@ -77,7 +103,8 @@ def sign_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 def grad_scale(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Forward: x. Backward: gradient multiplied by ``scale`` (LSQ's step-size gradient scaling)."""
+    """Forward: x. Backward: gradient multiplied by ``scale`` (LSQ-style gradient scaling, for WaveQ's β;
+    LSQ's own weights and activations scale the step's gradient inside their autograd nodes)."""
     scaled = x * scale
     return x.detach() + (scaled - scaled.detach())  # forward exactly x
 
@@ -86,6 +113,11 @@ def finite_abs_max(x: torch.Tensor) -> torch.Tensor:
     """max |x| over the finite entries (0 if there are none); NaN/inf never poison the statistic."""
     finite = torch.isfinite(x)
     return torch.where(finite, x.abs(), torch.zeros_like(x)).amax() if x.numel() else x.new_zeros(())
+
+
+def abs_max(x: torch.Tensor) -> torch.Tensor:
+    """max |x| (0 for an empty ``x``), for a tensor known to be finite."""
+    return x.abs().amax() if x.numel() else x.new_zeros(())
 
 
 def finite_abs_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,3 +130,38 @@ def finite_abs_mean(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.
 def keep_nan(reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Entries that are NaN in ``reference`` are NaN in the result (NaN never becomes a level)."""
     return torch.where(torch.isnan(reference), reference, out)
+
+
+class _ZeroNonFinite(torch.autograd.Function):
+    """Forward: ``w`` with NaN and +-inf set to 0 (finite entries bit for bit). Backward: the
+    gradient unchanged; ``restore_nonfinite`` zeroes it at the non-finite entries."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.nan_to_num(w, nan=0.0, posinf=0.0, neginf=0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+def split_finite(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(finite, w0)``: where ``w`` is finite, and ``w`` with its other entries set to 0.
+
+    A quantizer computes on ``w0`` and hands its output to :func:`restore_nonfinite`: no NaN/inf
+    meets its backward pass, and since the gradient is zero at the output's non-finite entries
+    and the computation is elementwise apart from detached statistics and max|.| (a 0 entry never
+    raises a max, nor takes its gradient: d|t|/dt = 0 at t = 0), it stays zero back to ``w``
+    there. Where zeros would count (a mean), mask the statistic with ``finite``.
+    """
+    finite = w.abs() < math.inf  # = torch.isfinite(w) (NaN < inf is False), ~2x faster on CPU
+    return finite, _ZeroNonFinite.apply(w)
+
+
+def restore_nonfinite(out: torch.Tensor, w: torch.Tensor, finite: torch.Tensor, low: float, high: float,
+                      scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """``out`` at the finite entries of ``w``; at the others NaN for NaN, ``high * scale`` for +inf
+    and ``low * scale`` for -inf, carrying no gradient (to ``w`` or to anything in ``scale``)."""
+    with torch.no_grad():
+        fill = torch.clamp(w, low, high) * scale
+    return torch.where(finite, out, fill)

@@ -5,7 +5,8 @@ k = 2 (ternary, TWN): t = 0.7 mean|w|, a = mean of |w| over |w| > t,
     w_q = a * (1 if w > t, 0 if |w| <= t, -1 if w < -t); u = w / a, levels {-1, 0, 1}, Δ = 1, o = 0.
 k >= 3: TWN is defined only for k <= 2; wider layers (the pinned 8-bit first and last layers)
     use the symmetric uniform quantizer with s = max|w| (WRPN's levels at output scale ``max``).
-a and t carry no gradient; the STE passes the gradient to w unchanged.
+a and t carry no gradient; the STE passes the gradient to w unchanged (zero at NaN/inf entries).
+Non-finite weights: a and t skip them; NaN stays NaN, +-inf maps to +-a.
 Activations: DoReFa's.
 """
 
@@ -54,7 +55,7 @@ class TernaryWeight(WeightQuantizer):
         if self.bits == 2:
             threshold = TWN_THRESHOLD * finite_abs_mean(w.detach())
             ternary = torch.sign(w.detach()) * (w.detach().abs() > threshold)
-            return keep_nan(w, ste(w, a * ternary))
+            return keep_nan(w.detach(), ste(w, a * ternary))  # (detached: no gradient at NaN entries)
         n = 2 ** (self.bits - 1) - 1
         return a * round_ste(torch.clamp(w / a, -1.0, 1.0) * n) / n
 
