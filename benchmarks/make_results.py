@@ -150,6 +150,34 @@ def export_facts(d: dict[str, Any]) -> dict[str, str]:
             "command": m.get("command", "python benchmarks/export_bench.py")}
 
 
+def recipe_tuning_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    return {"machine": _machine(m.get("machine"), f"python {m['python']}" if m.get("python") else None),
+            "threads": "1 torch thread per run (the script's setting)",
+            "data": DATA["digits"] + "; " + m.get("scored_on", "validation"),
+            "seeds": _seeds(m.get("seed")),
+            "command": m.get("command", "python benchmarks/recipe_tuning.py")}
+
+
+def robustness_facts(d: dict[str, Any]) -> dict[str, str]:
+    m, rows = d.get("meta", {}), d.get("rows", [])
+    data = {"lenet5-digits": "digits", "resnet20-digits": "digits", "conv1d-mnist1d": "mnist1d"}
+    return {"machine": _machine(m.get("machine"), f"python {m['python']}" if m.get("python") else None),
+            "threads": "1 torch thread per run (the script's setting)",
+            "data": _data_text(list(dict.fromkeys(data.get(r["setup"], r["setup"]) for r in rows))),
+            "seeds": _seeds(m.get("seed")),
+            "command": m.get("command", "python benchmarks/robustness.py")}
+
+
+def sinreq_cheat_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    return {"machine": _machine(m.get("machine")),
+            "threads": "1 torch thread (the script's setting)",
+            "data": DATA["digits"],
+            "seeds": _seeds(m.get("seeds")),
+            "command": m.get("command", "python benchmarks/sinreq_cheat.py")}
+
+
 BENCHES = [
     Bench("step_overhead", "step_overhead.py", "Training-step overhead", "1", step_overhead_facts),
     Bench("foundation", "foundation.py", "Accuracy at 2 bits: float, DoReFa, WRPN", "2", foundation_facts),
@@ -159,6 +187,10 @@ BENCHES = [
     Bench("releq", "releq_bench.py", "ReLeQ against random search and greedy descent", "5", releq_facts,
           render_only=True),
     Bench("export", "export_bench.py", "Export: packed size and deployment paths", "6", export_facts),
+    Bench("recipe_tuning", "recipe_tuning.py", "Default recipes, chosen on validation", "7", recipe_tuning_facts),
+    Bench("robustness", "robustness.py", "Robustness matrix at the default recipes", "7", robustness_facts),
+    Bench("sinreq_cheat", "sinreq_cheat.py", "SinReQ on learned scales: before and after the fix", "2",
+          sinreq_cheat_facts),
 ]
 
 

@@ -315,9 +315,11 @@ def test_demo_fast(tmp_path, capsys, monkeypatch):
         assert {"config.yaml", "metrics.jsonl", "result.json", "model.ckpt"} <= {p.name for p in (out / name).iterdir()}
         if name != "releq-search":  # the search trains its own float model without its validation split
             assert result["fp_accuracy"] == float_acc
+        assert isinstance(result["health"]["ok"], bool), name  # every command records its health
     assert result_of(out / "waveq-budget-5")["avg_bits"] <= 5.0
     assert result_of(out / "releq-search")["search"]["strategy"] == "releq"
     report = (out / "report.html").read_text()
+    assert "<th>health</th>" in report
     for name in folders:
         assert name in report
     assert result_of(out / "dorefa-w2a2")["act_bits"]["conv2"] == 2

@@ -163,7 +163,7 @@ def parse_config(path: Path, raw: bytes):
     path.write_bytes(raw)
     options = merge_options(TrainOptions, [read_yaml(path)])
     options.validate()
-    options.train_config()
+    options.train_config(batch_norm=False)
     return options
 
 

@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "lowbit"
-UPPER = {"nn", "reg", "train", "search", "distill", "export", "report", "runs", "cli", "costs"}
+UPPER = {"nn", "reg", "train", "search", "distill", "export", "report", "runs", "cli", "costs", "health", "recipes"}
 FORBIDDEN = {
     "models": UPPER | {"data", "quant", "plan"},
     "data": UPPER | {"models", "quant", "plan"},
     "quant": UPPER | {"models", "data", "plan"},
     "plan.py": UPPER | {"models", "data"},
     "train": {"nn", "quant", "plan", "reg", "search", "distill", "export", "report", "runs", "cli", "models",
-              "costs"},
+              "costs", "health", "recipes"},
     "report": {"models"},
+    # the defaults sit just above train (TrainConfig): every method reads them, they read no method
+    "recipes.py": UPPER - {"train"} | {"models", "data", "quant", "plan"},
 }
 
 

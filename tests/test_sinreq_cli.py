@@ -20,7 +20,8 @@ def test_sinreq_run_records_method_and_grid_distance(tmp_path) -> None:
     plain, reg = _result(tmp_path / "plain"), _result(tmp_path / "reg")
     assert plain["method"] == "dorefa" and "sinreq" not in plain
     assert reg["method"] == "dorefa+sinreq"
-    assert reg["sinreq"] == {"lambda": 0.5, "schedule": "warmup", "domain": "aligned", "mode": "qat"}
+    assert reg["sinreq"] == {"lambda": 0.5, "schedule": "warmup", "domain": "aligned", "mode": "qat",
+                             "train_quantizer": False}
     for result in (plain, reg):
         assert 0.0 <= result["grid_distance"] <= 1.0
         assert set(result["grid_distance_layers"]) == set(result["weight_bits"])

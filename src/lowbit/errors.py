@@ -60,6 +60,15 @@ class NumericsError(LowbitError):
     """A loss or weight became NaN or infinite during training."""
 
 
+EXIT_UNHEALTHY = 3
+
+
+class UnhealthyRunError(LowbitError):
+    """``--strict``: the run finished and wrote its folder, but failed a health check (lowbit.health)."""
+
+    exit_code = EXIT_UNHEALTHY
+
+
 # Exit codes of an interrupted command: the shell's 128 + signal number.
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143

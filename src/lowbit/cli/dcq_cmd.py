@@ -9,6 +9,7 @@ from lowbit.data import list_datasets
 from lowbit.distill import BALANCES, FEATURE_LOSSES, MODES
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES, list_quantizers
+from lowbit.recipes import DCQ_SECTIONS, OPTIMIZER_LR
 from lowbit.runs.dcq_run import DcqOptions, run_dcq
 from lowbit.train import Reporter
 from lowbit.train.config import OPTIMIZERS, SCHEDULES
@@ -44,12 +45,13 @@ def add_dcq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="epochs per section (default 10)")
     parser.add_argument("--finetune-epochs", type=int, help="end-to-end quantized fine-tune after stitching "
                         "(default 0)")
-    parser.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (default --lr)")
+    parser.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (default: the sections')")
     parser.add_argument("--teacher-epochs", type=int, help="float teacher epochs with --model (default 10)")
     parser.add_argument("--teacher-lr", type=float, help="float teacher learning rate with --model")
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="section learning rate (default 0.01 SGD, 0.001 Adam)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--lr", type=float, help=f"section learning rate (default {DCQ_SECTIONS.describe()}; "
+                        f"{OPTIMIZER_LR['adam']:g} with --optimizer adam)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=f"default {DCQ_SECTIONS.optimizer}")
     parser.add_argument("--schedule", choices=SCHEDULES, help="LR schedule (default cosine)")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--kd-weight", type=float, help="logit distillation weight on the last section (default 0)")
@@ -63,6 +65,8 @@ def add_dcq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch in the main process (workers use 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--out", help="run folder to write")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="exit with code 3 when the run fails its health checks (its folder is written)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from rich.table import Table
 from lowbit.errors import ConfigError
 from lowbit.export.packed import load_source
 from lowbit.report.html_report import write_report
+from lowbit.report.run_reader import health_summary
 from lowbit.runs.dcq_run import DcqOptions, run_dcq
 from lowbit.runs.search_run import SearchOptions, run_search
 from lowbit.runs.train_run import TrainOptions, run_train
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     base = dict(model="lenet5", dataset="digits", epochs=epochs, seed=0, batch_size=64)
     float_dir = str(out / "float")
-    qat = dict(base, init=float_dir, lr=0.01)
+    qat = dict(base, init=float_dir)  # each quantizer's default recipe from float weights (lowbit.recipes)
     steps = [
         ("float", lambda o: run_train(TrainOptions(**base, out=o), reporter=reporter, command="lowbit demo (float)")),
         ("dorefa w2", lambda o: run_train(TrainOptions(**qat, quantizer="dorefa", wbits=2, out=o), reporter=reporter,
@@ -71,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
                           title=f"lowbit demo: LeNet-5 on digits, {epochs} epochs")
 
     table = Table(title=f"lowbit demo: lenet5 on digits, {epochs} epochs, seed 0", header_style="bold")
-    for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "run folder"):
+    for col in ("method", "accuracy", "avg bits", "packed size", "vs float32", "health", "run folder"):
         table.add_column(col, overflow="fold")
     for label, folder, r in results:
+        health = health_summary(r) or "-"
         table.add_row(label, f"{100 * r['accuracy']:.2f}%", f"{r['avg_bits']:.2f}", f"{r['size_bytes']:,} B",
-                      f"{r['compression']:.1f}x", str(folder))
+                      f"{r['compression']:.1f}x", health if health == "ok" else f"[bold red]{health}[/]", str(folder))
     console = Console()
     if not console.is_terminal:  # logs and CI: wide enough for the run folders
         console = Console(width=200)

@@ -1,7 +1,8 @@
 """The ``lowbit`` command line: subcommands wire the library together; nothing else reads config.
 
 User mistakes (lowbit's documented errors) print one line and exit 2, without a traceback
-unless ``--debug``. Exit codes: 0 success, 2 user error, 1 unexpected failure, 130 interrupted by
+unless ``--debug``. Exit codes: 0 success, 2 user error, 1 unexpected failure, 3 a ``--strict`` run
+that failed its health checks (its folder is written), 130 interrupted by
 SIGINT (Ctrl-C), 143 interrupted by SIGTERM. During training either signal finishes the current
 step, writes a checkpoint (``lowbit train``; continue it with ``--resume``) and exits with that
 code; outside training SIGINT exits 130 at once and SIGTERM ends the process (status 143 in a shell).
@@ -15,10 +16,11 @@ import sys
 from rich.console import Console
 
 from lowbit import __version__
-from lowbit.errors import EXIT_SIGINT, LowbitError, TrainingInterrupted
+from lowbit.errors import EXIT_SIGINT, LowbitError, TrainingInterrupted, UnhealthyRunError
 
 EXIT_USER_ERROR = 2
 EXIT_CODES_HELP = ("exit codes: 0 success, 1 unexpected failure (a bug), 2 user error (one line, no traceback), "
+                   "3 --strict and the run failed its health checks (not learning; its folder is written), "
                    "130 interrupted by Ctrl-C (SIGINT), 143 interrupted by SIGTERM. During training either signal "
                    "finishes the current step first; 'lowbit train' also writes a checkpoint, continued by "
                    "'lowbit train --resume --out RUN_DIR'.")
@@ -111,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except TrainingInterrupted as exc:  # the step was finished and (lowbit train) a checkpoint written
         Console(stderr=True, soft_wrap=True).print(f"[bold yellow]stopped:[/] {exc}", highlight=False)
+        return exc.exit_code
+    except UnhealthyRunError as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]unhealthy:[/] {exc}", highlight=False)
         return exc.exit_code
     except LowbitError as exc:
         if args.debug:

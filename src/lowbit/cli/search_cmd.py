@@ -14,6 +14,7 @@ from lowbit.data import list_datasets
 from lowbit.errors import ConfigError
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES, list_quantizers
+from lowbit.recipes import QUANTIZED_FINETUNE, SEARCH_EVALUATION
 from lowbit.runs.search_run import POLICIES, STRATEGIES, SearchOptions, run_search
 from lowbit.train import Reporter
 
@@ -59,13 +60,12 @@ def add_search_arguments(parser: argparse.ArgumentParser, strategy_flag: bool) -
     parser.add_argument("--reward-b", type=float, help="reward: accuracy exponent b (default 1)")
     parser.add_argument("--eval-steps", type=int, help="fine-tune steps per evaluated plan (default 200)")
     parser.add_argument("--eval-train-size", type=int, help="training samples for those steps (default 2000)")
-    parser.add_argument("--eval-lr", type=float, help="their learning rate (default 0.01, SGD)")
+    parser.add_argument("--eval-lr", type=float, help=f"their learning rate (default {SEARCH_EVALUATION.describe()})")
     parser.add_argument("--val-fraction", type=float,
                         help="share of the train split held out to measure plans (default 0.2; never test)")
     parser.add_argument("--finetune-epochs", type=int, help="full fine-tune of the best plan (default 10)")
     parser.add_argument("--finetune-lr", type=float,
-                        help="its learning rate (default 0.002; measured: LeNet-5 weights-only 97.0%% at 0.002 vs "
-                        "95.7%% at 0.01, but conv1d with 2-3-bit activations 73%% at 0.002 vs 84%% at 0.01)")
+                        help=f"its learning rate (default {QUANTIZED_FINETUNE.lr:g}, lowbit.recipes)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -77,6 +77,8 @@ def add_search_arguments(parser: argparse.ArgumentParser, strategy_flag: bool) -
     parser.add_argument("--out", help="run folder to write (default runs/MODEL-DATASET-STRATEGY-sSEED)")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue the search in --out, reusing its evaluated plans")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="exit with code 3 when the final fine-tune fails its health checks (folder written)")
 
 
 def run_search_cmd(args: argparse.Namespace) -> int:

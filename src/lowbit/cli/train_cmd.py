@@ -24,8 +24,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder with the dataset's files (file-based datasets)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float, help="learning rate (default 0.05 SGD, 0.001 Adam)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the quantizer's recipe, README "
+                        "'Default recipes')")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help="default: the quantizer's recipe")
+    parser.add_argument("--warmup-epochs", type=float, help="linear LR warm-up over this many epochs "
+                        "(default: the quantizer's recipe)")
     parser.add_argument("--schedule", choices=SCHEDULES, help="LR schedule (default cosine)")
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--seed", type=int)
@@ -48,9 +51,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="aligned: through the quantizer's u(w) (default); raw: on the raw weight")
     parser.add_argument("--sinreq-mode", choices=("qat", "pre"),
                         help="qat: on top of quantized training (default); pre: float phase, then quantize")
+    parser.add_argument("--sinreq-train-quantizer", action="store_true", default=None,
+                        help="let SinReQ's gradient also move learned scales/steps (off by default: the penalty "
+                        "can then shrink itself by stretching the grid until every weight rounds to 0)")
     parser.add_argument("--val-fraction", type=float,
                         help="hold out this share of the training split for validation (default 0)")
     parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="exit with code 3 when the run fails its health checks (not learning, at chance, "
+                        "a layer on one level); the run folder is written either way")
 
 
 def options_from_args(args: argparse.Namespace, cls: type = TrainOptions):

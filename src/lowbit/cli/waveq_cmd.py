@@ -8,6 +8,7 @@ from lowbit.cli.train_cmd import command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES
+from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_PHASE
 from lowbit.reg.waveq import DOMAINS, ROUNDINGS, WEIGHTINGS
 from lowbit.runs.waveq_run import WAVEQ_QUANTIZERS, WaveQOptions, run_waveq
 from lowbit.train import Reporter
@@ -44,8 +45,10 @@ def add_waveq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounding", choices=ROUNDINGS, help="continuous beta -> integer bits (default round)")
     parser.add_argument("--epochs", type=int, help="WaveQ phase epochs (default 10)")
     parser.add_argument("--finetune-epochs", type=int, help="quantized fine-tune epochs at the plan (default 5)")
-    parser.add_argument("--lr", type=float, help="WaveQ phase learning rate (default 0.01 with --init, else 0.05)")
-    parser.add_argument("--finetune-lr", type=float, help="fine-tune learning rate (default 0.002)")
+    parser.add_argument("--lr", type=float, help=f"WaveQ phase learning rate (default {WAVEQ_PHASE[True].lr:g} "
+                        f"with --init, else {WAVEQ_PHASE[False].lr:g})")
+    parser.add_argument("--finetune-lr", type=float,
+                        help=f"fine-tune learning rate (default {QUANTIZED_FINETUNE.lr:g})")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--weight-decay", type=float)
@@ -53,6 +56,8 @@ def add_waveq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--out", help="run folder to write")
+    parser.add_argument("--strict", action="store_true", default=None,
+                        help="exit with code 3 when the run fails its health checks (its folder is written)")
 
 
 def run(args: argparse.Namespace) -> int:

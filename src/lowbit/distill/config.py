@@ -12,6 +12,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.plan import LayerBits
+from lowbit.recipes import DCQ_SECTIONS
 from lowbit.train import TrainConfig
 
 
@@ -38,7 +39,7 @@ class DCQConfig:
 
     mode: str = "independent"
     loss: str = "mse"
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.01))
+    train: TrainConfig = field(default_factory=lambda: DCQ_SECTIONS.train_config(10))
     kd_weight: float = 0.0
     kd_temperature: float = 4.0
     workers: int = 1

@@ -62,6 +62,7 @@ from lowbit.nn import is_quantizer_param, quantize_, quantizers_with_aux_loss
 from lowbit.nn.convert import quantizable_layers
 from lowbit.plan import LayerBits, Plan
 from lowbit.quant.registry import QuantizerSpec
+from lowbit.recipes import DCQ_SCALE
 from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, evaluate, fit
 
 __all__ = [  # the section-training names stay importable from here
@@ -75,7 +76,7 @@ __all__ = [  # the section-training names stay importable from here
 
 def quantizer_spec(quantizer: QuantizerSpec | str) -> QuantizerSpec:
     """A spec as given, or for a name that quantizer with a learned output scale (module doc)."""
-    return QuantizerSpec(quantizer, scale="learned") if isinstance(quantizer, str) else quantizer
+    return QuantizerSpec(quantizer, scale=DCQ_SCALE) if isinstance(quantizer, str) else quantizer
 
 
 def make_students(teacher_sections: Sequence[nn.Module], plan: Plan | None = None,

@@ -57,6 +57,12 @@ def followed_by_norm(model: nn.Module) -> set[str]:
             if float_type(m) is not None and isinstance(nxt, _NORM_TYPES)}
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether the network normalizes its features anywhere (batch, group or layer norm): such
+    networks take larger steps at low bits than those without (``lowbit.recipes``)."""
+    return any(isinstance(m, _NORM_TYPES) for m in model.modules())
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from lowbit.nn.convert import is_quantizer_param, quantize_, quantized_layers
 from lowbit.plan import LayerBits, Plan
 from lowbit.quant.bits import FLOAT_BITS
 from lowbit.quant.registry import QuantizerSpec
+from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_EPOCHS, WAVEQ_FINETUNE_EPOCHS, WAVEQ_PHASE, WAVEQ_SCALE
 from lowbit.reg.waveq import WaveQ, WaveQConfig, is_waveq_param
 from lowbit.train import MetricsWriter, TrainConfig, evaluate, fit
 from lowbit.train.loop import Batches
@@ -70,12 +71,26 @@ def seed_scales_from_alpha(model: nn.Module, alpha: dict[str, float]) -> None:
             quantizer.scale.fill_(alpha[name])
 
 
-def waveq_quantize(net: nn.Module, train_loader: Batches, *, waveq: WaveQConfig, train: TrainConfig,
-                   quantizer: QuantizerSpec | None = None, finetune: TrainConfig | None = None,
+_RECIPE_FINETUNE = QUANTIZED_FINETUNE.train_config(WAVEQ_FINETUNE_EPOCHS)
+
+
+def waveq_quantize(net: nn.Module, train_loader: Batches, *, waveq: WaveQConfig | None = None,
+                   train: TrainConfig | None = None, pretrained: bool = True,
+                   quantizer: QuantizerSpec | None = None, finetune: TrainConfig | None = _RECIPE_FINETUNE,
                    act_bits: int = FLOAT_BITS, eval_loader: Batches | None = None, eval_name: str = "test",
                    metrics: MetricsWriter | None = None, reporter: Reporter = QUIET) -> WaveQOutcome:
-    """Learn a per-layer plan with WaveQ on ``net`` (changed in place), quantize it, fine-tune it."""
-    quantizer = quantizer or QuantizerSpec(waveq.quantizer)
+    """Learn a per-layer plan with WaveQ on ``net`` (changed in place), quantize it, fine-tune it.
+
+    Defaults are ``lowbit waveq``'s (:mod:`lowbit.recipes`): ``train`` None is the WaveQ phase's
+    recipe for a trained (``pretrained=True``) or fresh network, ``quantizer`` None is
+    ``waveq.quantizer`` with a learned scale seeded at α, and the fine-tune runs the quantized
+    fine-tune recipe (``finetune=None`` skips it).
+    """
+    waveq = waveq or WaveQConfig()
+    train = train or WAVEQ_PHASE[bool(pretrained)].train_config(WAVEQ_EPOCHS)
+    quantizer = quantizer or QuantizerSpec(waveq.quantizer, scale=WAVEQ_SCALE)
+    if finetune is _RECIPE_FINETUNE:
+        finetune = replace(finetune, device=train.device)
     method = WaveQ(net, waveq)
     model = method.wrap()
 

@@ -22,7 +22,7 @@ from lowbit import __version__
 from lowbit.io import atomic_write_text
 from lowbit.report import compare_plots as cp
 from lowbit.report.html_style import CSS, bits_class, bits_legend
-from lowbit.report.run_reader import RunData, read_runs
+from lowbit.report.run_reader import RunData, health_summary, read_runs
 
 SECTIONS = (("comparison", "Comparison"), ("bits", "Bits per layer"), ("tradeoff", "Accuracy vs average bits"),
             ("curves", "Training curves"), ("runs", "Runs and their plots"))
@@ -146,7 +146,7 @@ def _comparison(runs: Sequence[RunData], colors: dict[str, str]) -> str:
     names = list(points)
     front = {names[i] for i in cp.pareto_front([points[n] for n in names])}
     head = ("run", "model", "dataset", "method", "test acc.", "float acc.", "avg bits", "weighted bits",
-            "packed size", "compression", "wall time", "Pareto")
+            "packed size", "compression", "wall time", "health", "Pareto")
     rows = []
     for run in runs:
         r = run.result
@@ -157,13 +157,25 @@ def _comparison(runs: Sequence[RunData], colors: dict[str, str]) -> str:
                      _pct(r.get("accuracy")), _pct(r.get("fp_accuracy")), _fixed(r.get("avg_bits")),
                      _fixed(r.get("weighted_bits")), _size(r.get("size_bytes")), _fixed(r.get("compression"), "×", 1),
                      _fixed(r.get("wall_s"), " s", 1))),
+                 _health_cell(r),
                  f'<td class="center">{"★" if run.name in front else ""}</td>']
         rows.append(f"<tr>{''.join(cells)}</tr>")
     table = (f"<div class=\"scroll\"><table class=\"compare\"><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
              f"<tbody>{''.join(rows)}</tbody></table></div>")
     note = ("Test accuracy on each run's test split; packed size is the weights at their bit widths; "
-            "★ = no other run has fewer average bits and higher accuracy.")
+            "health: the run's own checks (learning, above chance, no layer on one level; hover for the "
+            "figures); ★ = no other run has fewer average bits and higher accuracy.")
     return _section("comparison", table, note)
+
+
+def _health_cell(result: dict[str, Any]) -> str:
+    text = health_summary(result)
+    if text is None:
+        return f"<td>{DASH}</td>"
+    checks = result["health"].get("checks", {})
+    detail = "; ".join(f"{name}: {c.get('detail', '')}" for name, c in checks.items() if isinstance(c, dict))
+    style = "" if text == "ok" else ' style="color:#b00020;font-weight:600"'
+    return f'<td title="{escape(detail)}"{style}>{escape(text)}</td>'
 
 
 # ---- (b) bits per layer -------------------------------------------------------------------------------------

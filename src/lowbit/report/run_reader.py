@@ -54,6 +54,15 @@ class RunData:
     plots: list[Path] = field(default_factory=list)
 
 
+def health_summary(result: dict[str, Any]) -> str | None:
+    """``result.json``'s health verdict as a short text ('ok' or 'not ok: the failed checks');
+    None for a run written before lowbit recorded health."""
+    health = result.get("health")
+    if not isinstance(health, dict) or "ok" not in health:
+        return None
+    return "ok" if health["ok"] else "not ok: " + ", ".join(str(c) for c in health.get("failed", []))
+
+
 def is_run_folder(path: Path) -> bool:
     return (Path(path) / RESULT_FILE).is_file()
 

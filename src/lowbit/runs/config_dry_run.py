@@ -17,7 +17,7 @@ from lowbit.data import ArrayLoader, DatasetSplits, load_dataset
 from lowbit.data.files import resolve_data_dir
 from lowbit.data.registry import DATASETS
 from lowbit.errors import ConfigError, DataError, unknown_name
-from lowbit.nn import layer_bits, quantizable_layers, quantize_
+from lowbit.nn import has_batch_norm, layer_bits, quantizable_layers, quantize_
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
 from lowbit.runs.build import fit_model_to_data
 from lowbit.runs.config_run import Experiment, folder_present, validate_options
@@ -159,15 +159,16 @@ def _dry_train(exp: Experiment) -> DryRun:
         if o.sinreq is not None:
             from lowbit.runs.sinreq_hooks import quantized_run_hooks
 
-            terms = quantized_run_hooks(o.sinreq, o.sinreq_schedule, o.sinreq_domain, o.sinreq_mode).loss_terms(net)
+            terms = quantized_run_hooks(o.sinreq, o.sinreq_schedule, o.sinreq_domain, o.sinreq_mode,
+                                        o.sinreq_train_quantizer).loss_terms(net)
             penalty = float(sum(float(t.fn(net).detach()) for t in terms))
             method += (f"; SinReQ λ={o.sinreq:g} ({o.sinreq_schedule}, {o.sinreq_domain} domain, "
                        f"{o.sinreq_mode} mode), penalty {penalty:.4f} at the start")
             details["sinreq_penalty"] = penalty
     _forward(net, _batch(data), data.num_classes)
-    lr = o.train_config().lr
+    recipe = o.recipe(batch_norm=has_batch_norm(net))
     summary = (f"{o.model} ({_params(net):,} parameters) {init}; {_data_text(data, stand_in, fit_note)}. "
-               f"Method: {method}. Schedule: {o.epochs} epochs, {o.optimizer} lr {lr:g} ({o.schedule}), "
+               f"Method: {method}. Schedule: {o.epochs} epochs, {recipe.describe()} ({o.schedule}), "
                f"batch {o.batch_size}, weight decay {o.weight_decay:g}, seed {o.seed}"
                f"{f', validation share {o.val_fraction:g}' if o.val_fraction else ''}.")
     return DryRun(summary, stand_in, data.name, _params(net), details)
@@ -196,7 +197,7 @@ def _dry_waveq(exp: Experiment) -> DryRun:
                f"geometry ({o.domain} domain), λ_w {o.lambda_w:g}, bit pressure {bits} with c_β {o.lambda_beta:g}; "
                f"sinusoid {penalty:.4f} and "
                f"pressure {pressure:.3f} at the start. Schedule: {o.epochs} WaveQ epochs (lr {o.train_config().lr:g}), "
-               f"then {o.finetune_epochs} fine-tune epochs with {o.quantizer} (scale {o.scale}, lr {o.finetune_lr:g}) "
+               f"then {o.finetune_epochs} fine-tune epochs with {o.quantizer} (scale {o.scale}, lr {o.finetune_config().lr:g}) "
                f"at the learned plan, activations {o.abits}; batch {o.batch_size}, seed {o.seed}.")
     return DryRun(summary, stand_in, data.name, _params(net), {"learned_layers": list(waveq.names),
                                                                "pinned": list(waveq.pinned)})

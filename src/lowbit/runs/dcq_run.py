@@ -21,11 +21,13 @@ from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.distill import BALANCES, DCQConfig, dcq_quantize, split, split_points
 from lowbit.errors import ConfigError, did_you_mean, unknown_name
+from lowbit.health import check_health
 from lowbit.models import model_info
 from lowbit.nn import quantize_
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
+from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS
 from lowbit.runs.build import ModelArgs, load_model_and_data
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import load_model, resolve_model_file, save_model
@@ -48,19 +50,19 @@ class DcqOptions:
     quantizer: str = "dorefa"
     wbits: int | None = None
     abits: int | None = None
-    scale: str = "learned"  # DCQ's choice: sections must match feature magnitudes (lowbit.distill.dcq)
+    scale: str = DCQ_SCALE  # DCQ's choice: sections must match feature magnitudes (lowbit.distill.dcq)
     plan: str | None = None
     mode: str = "independent"
     loss: str = "mse"
     workers: int = 1
     epochs: int = 10  # per section
     finetune_epochs: int = 0
-    finetune_lr: float | None = None  # default: lr
+    finetune_lr: float | None = None  # default: the sections' lr
     teacher_epochs: int = 10  # float teacher training (with --model)
     teacher_lr: float | None = None  # default: lowbit train's
     batch_size: int = 64
-    lr: float | None = None  # sections: default 0.01 SGD, 0.001 Adam
-    optimizer: str = "sgd"
+    lr: float | None = None  # sections: the recipe's (lowbit.recipes.DCQ_SECTIONS)
+    optimizer: str | None = None  # None: the recipe's
     schedule: str = "cosine"
     weight_decay: float = 5e-4
     kd_weight: float = 0.0
@@ -72,6 +74,7 @@ class DcqOptions:
     threads: int | None = None
     device: str = "cpu"
     out: str | None = None
+    strict: bool = False  # exit non-zero when the run fails its health checks (lowbit.health)
 
     def validate(self) -> None:
         if (self.teacher is None) == (self.model is None):
@@ -119,9 +122,8 @@ class DcqOptions:
         return Plan.uniform(self.wbits, self.abits if self.abits is not None else FLOAT_BITS)
 
     def _train_config(self, epochs: int, lr: float | None) -> TrainConfig:
-        lr = lr if lr is not None else (0.01 if self.optimizer == "sgd" else 1e-3)
-        return TrainConfig(epochs=epochs, lr=lr, optimizer=self.optimizer, schedule=self.schedule,
-                           weight_decay=self.weight_decay, device=self.device)
+        return DCQ_SECTIONS.resolve(self.optimizer, lr).train_config(
+            epochs, schedule=self.schedule, weight_decay=self.weight_decay, device=self.device)
 
     def dcq_config(self) -> DCQConfig:
         return DCQConfig(mode=self.mode, loss=self.loss, train=self._train_config(self.epochs, self.lr),
@@ -225,6 +227,7 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
     save_model(run.model_file, model, args, spec, final_plan)
 
     costs = model_costs(model)
+    health = check_health(model, outcome.finetune_history, data.num_classes, accuracy=outcome.accuracy)
     sections = [s.to_dict() for s in outcome.sections]
     result = {
         **record_fields(command, start),
@@ -241,8 +244,11 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
         "sections_wall_s": outcome.sections_wall_s, "sections": sections,
         "teacher": options.teacher if options.teacher is not None else str(run.file(TEACHER_DIR)),
         "teacher_epochs": options.teacher_epochs if teacher_result is not None else None,
+        "health": health.to_dict(),
     }
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] (float teacher {100 * fp_accuracy:.2f}%)  "
                  f"avg bits {costs.avg_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
+    health.report(reporter, "the DCQ run")
+    health.enforce(options.strict, f"the DCQ run in {run.path}")
     return result

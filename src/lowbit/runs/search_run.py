@@ -39,11 +39,13 @@ from torch import nn
 from lowbit.costs import model_compute_costs, model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.errors import CheckpointError, ConfigError, LowbitError, unknown_name
+from lowbit.health import check_health
 from lowbit.io import atomic_write_text
 from lowbit.models import model_info
 from lowbit.nn import is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
+from lowbit.recipes import QUANTIZED_FINETUNE, SEARCH_EVALUATION
 from lowbit.report.search_plots import plot_pareto, plot_plan_bits, plot_rewards
 from lowbit.runs.build import load_model_and_data
 from lowbit.runs.dcq_run import sample_input
@@ -86,10 +88,10 @@ class SearchOptions:
     reward_b: float = 1.0
     eval_steps: int = 200  # fine-tune steps per evaluated plan
     eval_train_size: int = 2000  # training samples the evaluator fine-tunes on
-    eval_lr: float = 0.01
+    eval_lr: float = SEARCH_EVALUATION.lr
     val_fraction: float = 0.2  # of the train split, held out for the evaluator's accuracy
     finetune_epochs: int = 10  # full fine-tune of the best plan
-    finetune_lr: float = 0.002  # 0.01 diverged on LeNet-5 at 3 bits (loss 0.32 -> 1.2 over 30 epochs)
+    finetune_lr: float = QUANTIZED_FINETUNE.lr  # lowbit.recipes
     batch_size: int = 64
     seed: int = 0
     threads: int | None = None
@@ -97,6 +99,7 @@ class SearchOptions:
     device: str = "cpu"
     out: str | None = None
     resume: bool = False
+    strict: bool = False  # exit non-zero when the final fine-tune fails its health checks (lowbit.health)
 
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -144,7 +147,7 @@ class SearchOptions:
         return RewardConfig(th=self.reward_th, a=self.reward_a, b=self.reward_b)
 
     def finetune_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, device=self.device)
+        return QUANTIZED_FINETUNE.resolve(lr=self.finetune_lr).train_config(self.finetune_epochs, device=self.device)
 
     def default_out(self) -> str:
         return f"runs/{self.model}-{self.dataset}-{self.strategy}-s{self.seed}"
@@ -240,13 +243,13 @@ def _write_search_metrics(path: Path, outcome: SearchOutcome, cached: set[str]) 
 
 
 def _fine_tune(model: nn.Module, train: ArrayLoader, val: ArrayLoader, config: TrainConfig, seed: int,
-               metrics: MetricsWriter, reporter: Reporter) -> None:
+               metrics: MetricsWriter, reporter: Reporter) -> list[dict[str, Any]]:
     torch.manual_seed(seed)
     aux = quantizers_with_aux_loss(model)
     terms = [LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux]).sum())] if aux else []
-    fit(model, train, config, eval_loader=val, eval_name="val", loss_terms=terms,
+    return fit(model, train, config, eval_loader=val, eval_name="val", loss_terms=terms,
         callbacks=[lambda epoch, m: {"phase": "finetune"}], no_decay=is_quantizer_param, metrics=metrics,
-        reporter=reporter)
+        reporter=reporter).history
 
 
 def _write_plots(run: RunFolder, outcome: SearchOutcome, space: SearchSpace, bits: dict[str, Any],
@@ -355,7 +358,8 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     quantize_(model, plan, spec)
     metrics = MetricsWriter(run.metrics)
     try:
-        _fine_tune(model, train_loader, val_loader, options.finetune_config(), options.seed, metrics, reporter)
+        history = _fine_tune(model, train_loader, val_loader, options.finetune_config(), options.seed, metrics,
+                             reporter)
     finally:
         metrics.close()
     accuracy = evaluate(model, test_loader, options.device)[1]
@@ -363,6 +367,7 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     save_model(run.model_file, model, args, spec, plan)
 
     costs, bits = model_costs(model), layer_bits(model)
+    health = check_health(model, history, data.num_classes, accuracy=val_accuracy, accuracy_name="val")
     _write_plots(run, outcome, space, bits, f"{options.model} {options.strategy}")
     result = {
         **record_fields(command, start),
@@ -375,8 +380,11 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
         "init": options.init if options.init is not None else str(run.file(FLOAT_DIR)),
         "finetune_epochs": options.finetune_epochs, "finetune_lr": options.finetune_lr,
         "search": _search_summary(outcome, space, evaluator),
+        "health": health.to_dict(),
     }
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/] (float {100 * fp_accuracy:.2f}%)  avg bits "
                  f"{costs.avg_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
+    health.report(reporter, "the search's final fine-tune")
+    health.enforce(options.strict, f"the search's final fine-tune in {run.path}")
     return result

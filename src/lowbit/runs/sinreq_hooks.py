@@ -28,9 +28,11 @@ def grid_distance_fields(epoch: int, model: nn.Module) -> dict[str, Any]:
 
 
 def quantized_run_hooks(sinreq: float | None, schedule: str = "constant", domain: str = "aligned",
-                        mode: str = "qat") -> MethodHooks:
-    """Grid distance always; SinReQ with weight ``sinreq`` and its schedule when ``sinreq`` is set."""
-    settings = {"lambda": sinreq, "schedule": schedule, "domain": domain, "mode": mode}
+                        mode: str = "qat", train_quantizer: bool = False) -> MethodHooks:
+    """Grid distance always; SinReQ with weight ``sinreq`` and its schedule when ``sinreq`` is set
+    (``train_quantizer``: its gradient may also move the quantizers' learned scale or step)."""
+    settings = {"lambda": sinreq, "schedule": schedule, "domain": domain, "mode": mode,
+                "train_quantizer": train_quantizer}
 
     def result_fields(model: nn.Module) -> dict[str, Any]:
         fields = grid_distance_fields(-1, model)
@@ -43,7 +45,8 @@ def quantized_run_hooks(sinreq: float | None, schedule: str = "constant", domain
     lam = make_schedule(schedule, sinreq)
     pre = mode == "pre"
     return MethodHooks(suffix="+sinreq" + ("-pre" if pre else ""),
-                       loss_terms=lambda model: [SinReQ(model, domain=domain).as_loss_term(lam)],
+                       loss_terms=lambda model: [SinReQ(model, domain=domain, train_quantizer=train_quantizer)
+                                                 .as_loss_term(lam)],
                        callbacks=[grid_distance_fields], result_fields=result_fields,
                        config={f"sinreq_{k}" if k != "lambda" else "sinreq": v for k, v in settings.items()},
                        before_fit=(lambda model: set_fake_quant(model, False)) if pre else (lambda model: None),

@@ -20,10 +20,12 @@ from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.models import model_info
 from lowbit.errors import CheckpointError, ConfigError, unknown_name
-from lowbit.nn import is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
+from lowbit.health import HealthWatch, check_health
+from lowbit.nn import has_batch_norm, is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
+from lowbit.recipes import Recipe, qat_recipe
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
 from lowbit.runs.folder import RunFolder
@@ -44,8 +46,9 @@ class TrainOptions:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 64
-    lr: float | None = None  # None: 0.05 for SGD, 0.001 for Adam
-    optimizer: str = "sgd"
+    lr: float | None = None  # None: the recipe's (lowbit.recipes, by quantizer and --init)
+    optimizer: str | None = None  # None: the recipe's
+    warmup_epochs: float | None = None  # None: the recipe's
     schedule: str = "cosine"
     weight_decay: float = 5e-4
     seed: int = 0
@@ -65,7 +68,9 @@ class TrainOptions:
     sinreq_schedule: str = "constant"
     sinreq_domain: str = "aligned"
     sinreq_mode: str = "qat"  # qat: on top of quantized training; pre: float phase, then quantize
+    sinreq_train_quantizer: bool = False  # let SinReQ's gradient move learned scales/steps (it can cheat)
     val_fraction: float = 0.0  # hold out this share of train as a validation split (never test)
+    strict: bool = False  # a run that fails its health checks exits non-zero (lowbit.health)
 
     def validate(self) -> None:
         model_info(self.model)  # unknown names fail here, before any folder is created
@@ -102,6 +107,7 @@ class TrainOptions:
             raise ConfigError(f"width_mult must be > 0, got {self.width_mult}")
         if self.out is not None and not str(self.out).strip():
             raise ConfigError("out must name a folder, got an empty string")
+        self.train_config(batch_norm=False)  # optimizer, lr, warm-up and schedule values
 
     def build_plan(self) -> Plan | None:
         if self.quantizer == NO_QUANTIZER:
@@ -111,10 +117,15 @@ class TrainOptions:
         return Plan.uniform(self.wbits if self.wbits is not None else 4,
                             self.abits if self.abits is not None else FLOAT_BITS)
 
-    def train_config(self) -> TrainConfig:
-        lr = self.lr if self.lr is not None else (0.05 if self.optimizer == "sgd" else 1e-3)
-        return TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, schedule=self.schedule,
-                           weight_decay=self.weight_decay, device=self.device)
+    def recipe(self, batch_norm: bool) -> Recipe:
+        """This quantizer's default recipe (from scratch or from ``--init``, for a network with or
+        without batch norm) with the values given explicitly in its place."""
+        default = qat_recipe(self.quantizer, from_float=self.init is not None, batch_norm=batch_norm)
+        return default.resolve(self.optimizer, self.lr, self.warmup_epochs)
+
+    def train_config(self, batch_norm: bool) -> TrainConfig:
+        return self.recipe(batch_norm).train_config(self.epochs, schedule=self.schedule,
+                                                    weight_decay=self.weight_decay, device=self.device)
 
     def default_out(self) -> str:
         return f"runs/{self.model}-{self.dataset}-{self.method_name()}-s{self.seed}"
@@ -145,10 +156,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
     hooks = hooks or MethodHooks()
     if options.quantizer != NO_QUANTIZER:
         hooks = quantized_run_hooks(options.sinreq, options.sinreq_schedule, options.sinreq_domain,
-                                    options.sinreq_mode).combine(hooks)
-    config = options.train_config()
-    if info.world_size > 1:
-        config = replace(config, device=info.device)  # cuda -> cuda:LOCAL_RANK
+                                    options.sinreq_mode, options.sinreq_train_quantizer).combine(hooks)
     spec = QuantizerSpec(options.quantizer, scale=options.scale)
     plan = options.build_plan()
     if options.init is not None:
@@ -164,6 +172,9 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
                                                  threads=options.threads, init=options.init, reporter=reporter,
                                                  val_fraction=options.val_fraction, width_mult=options.width_mult)
     resolved = quantize_(model, plan, spec) if plan is not None else layer_bits(model)
+    config = options.train_config(batch_norm=has_batch_norm(model))
+    if info.world_size > 1:
+        config = replace(config, device=info.device)  # cuda -> cuda:LOCAL_RANK
 
     method = options.method_name() + hooks.suffix
     barrier()  # every rank has checked the folder before rank 0 creates it
@@ -174,6 +185,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
             if restart:
                 reporter.log(f"{run.path} has no checkpoint yet (stopped during its first epoch): starting over")
         run.write_config({**asdict(options), "out": str(run.path), "method": method, "resolved_lr": config.lr,
+                          "resolved_optimizer": config.optimizer, "resolved_warmup_epochs": config.warmup_epochs,
                           **hooks.config})
         if plan is not None:
             Plan.from_layer_bits(resolved).save(run.file("plan.json"))
@@ -190,12 +202,14 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
                             run.file("tensorboard") if options.tensorboard and info.is_main else None)
     if restart:
         metrics.truncate_after(-1)  # lines of epochs whose checkpoint was never written
+    watch = HealthWatch(data.num_classes, options.epochs, reporter) if info.is_main else None
     try:
         hooks.before_fit(model)
-        fit(model, loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
-            eval_name="test" if val_loader is None else "val", loss_terms=terms, callbacks=hooks.callbacks,
-            no_decay=is_quantizer_param, checkpoint_path=run.checkpoint, resume=options.resume and not restart,
-            metrics=metrics, reporter=reporter)
+        history = fit(model, loader, config, eval_loader=val_loader if val_loader is not None else test_loader,
+                      eval_name="test" if val_loader is None else "val", loss_terms=terms,
+                      callbacks=hooks.callbacks, no_decay=is_quantizer_param, checkpoint_path=run.checkpoint,
+                      resume=options.resume and not restart, metrics=metrics, reporter=reporter,
+                      watch=watch).history
     finally:
         metrics.close()
     hooks.after_fit(model)
@@ -206,6 +220,9 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
                    Plan.from_layer_bits(resolved) if plan is not None else None)
 
     costs = model_costs(model)
+    health = check_health(model if plan is not None else None, history, data.num_classes,
+                          accuracy=val_accuracy if val_accuracy is not None else accuracy,
+                          accuracy_name="val" if val_accuracy is not None else "test")
     result = {
         **record_fields(command, start),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name,
@@ -214,6 +231,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
         "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
         **model_fields(model),
         **hooks.result_fields(model),
+        "health": health.to_dict(),
     }
     if info.world_size > 1:
         result["world_size"] = info.world_size
@@ -224,13 +242,16 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
                  f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)  -> {run.path}")
+    health.report(reporter)
+    health.enforce(options.strict, f"the run in {run.path}")
     return result
 
 
 def _check_train_config(run: RunFolder, hooks: MethodHooks) -> None:
     """Starting a run over is only for a ``lowbit train`` run: refuse another command's folder."""
     saved = run.read_config()
-    known = {*TrainOptions.__dataclass_fields__, "out", "method", "resolved_lr", *hooks.config}
+    known = {*TrainOptions.__dataclass_fields__, "out", "method", "resolved_lr", "resolved_optimizer",
+             "resolved_warmup_epochs", *hooks.config}
     foreign = sorted(str(k) for k in saved if k not in known)
     if foreign:
         raise CheckpointError(f"--resume: {run.path} holds no checkpoint and its config.yaml is not a "

@@ -18,9 +18,11 @@ from typing import Any
 from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, list_datasets
 from lowbit.errors import ConfigError, unknown_name
+from lowbit.health import check_health
 from lowbit.models import model_info
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import QuantizerSpec
+from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_EPOCHS, WAVEQ_FINETUNE_EPOCHS, WAVEQ_PHASE, WAVEQ_SCALE
 from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import waveq_quantize
 from lowbit.report.bits_plot import plot_beta_curves
@@ -40,7 +42,7 @@ class WaveQOptions:
     dataset: str = "digits"
     data_dir: str | None = None
     quantizer: str = "dorefa"
-    scale: str = "learned"  # the fine-tune quantizer's output scale, seeded with α
+    scale: str = WAVEQ_SCALE  # the fine-tune quantizer's output scale, seeded with α
     abits: int = FLOAT_BITS
     budget: float | None = None  # target average bits (over all quantized layers, pins included)
     weighting: str = "layers"  # budget over layers (avg_bits) or parameters (weighted_bits)
@@ -49,19 +51,20 @@ class WaveQOptions:
     bits_min: float = 2.0
     bits_max: float = 8.0
     rounding: str = "round"
-    epochs: int = 10  # WaveQ phase
-    finetune_epochs: int = 5
-    lr: float | None = None  # WaveQ phase: default 0.01 with --init, 0.05 from scratch (SGD)
-    finetune_lr: float = 0.002  # 0.01 diverged once on LeNet-5 after the snap (benchmarks/waveq_bench.py)
+    epochs: int = WAVEQ_EPOCHS  # WaveQ phase
+    finetune_epochs: int = WAVEQ_FINETUNE_EPOCHS
+    lr: float | None = None  # WaveQ phase: the recipe's (lowbit.recipes.WAVEQ_PHASE, by --init)
+    finetune_lr: float | None = None  # the recipe's (lowbit.recipes.QUANTIZED_FINETUNE)
     domain: str = "aligned"
     batch_size: int = 64
-    optimizer: str = "sgd"
+    optimizer: str | None = None  # None: the recipe's
     weight_decay: float = 5e-4
     init: str | None = None  # float run folder or model file to start from
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
     out: str | None = None
+    strict: bool = False  # exit non-zero when the run fails its health checks (lowbit.health)
 
     def validate(self) -> None:
         model_info(self.model)
@@ -90,13 +93,12 @@ class WaveQOptions:
                            bits_max=self.bits_max, beta_init=self.bits_max, rounding=self.rounding)
 
     def train_config(self) -> TrainConfig:
-        lr = self.lr if self.lr is not None else (0.01 if self.init else 0.05)
-        return TrainConfig(epochs=self.epochs, lr=lr, optimizer=self.optimizer, weight_decay=self.weight_decay,
-                           device=self.device)
+        recipe = WAVEQ_PHASE[self.init is not None].resolve(self.optimizer, self.lr)
+        return recipe.train_config(self.epochs, weight_decay=self.weight_decay, device=self.device)
 
     def finetune_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.finetune_epochs, lr=self.finetune_lr, optimizer=self.optimizer,
-                           weight_decay=self.weight_decay, device=self.device)
+        recipe = QUANTIZED_FINETUNE.resolve(self.optimizer, self.finetune_lr)
+        return recipe.train_config(self.finetune_epochs, weight_decay=self.weight_decay, device=self.device)
 
     def method_name(self) -> str:
         return f"waveq-{self.quantizer}"
@@ -138,7 +140,8 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
     if info.is_main:
         run.prepare(False)
         run.write_config({**asdict(written), "out": str(run.path), "method": options.method_name(),
-                          "resolved_lr": options.train_config().lr, "waveq": config.to_dict()})
+                          "resolved_lr": options.train_config().lr,
+                          "resolved_finetune_lr": options.finetune_config().lr, "waveq": config.to_dict()})
     loader = train_loader(data, options.batch_size, options.seed, info)
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     metrics = MetricsWriter(run.metrics if info.is_main else None)
@@ -158,6 +161,8 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
                          f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
 
     costs = model_costs(model)
+    health = check_health(model, outcome.waveq_history + outcome.finetune_history, data.num_classes,
+                          accuracy=accuracy)
     result = {
         **record_fields(command, start),
         "model": options.model, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
@@ -168,6 +173,7 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
                   "epochs": options.epochs, "finetune_epochs": options.finetune_epochs,
                   "waveq_wall_s": outcome.waveq_wall_s, "finetune_wall_s": outcome.finetune_wall_s,
                   "accuracy_before_finetune": outcome.accuracy_before_finetune},
+        "health": health.to_dict(),
     }
     if info.world_size > 1:
         result["world_size"] = info.world_size
@@ -176,4 +182,6 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
     run.write_result(result)
     reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
                  f"weighted bits {costs.weighted_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
+    health.report(reporter, "the WaveQ run")
+    health.enforce(options.strict, f"the WaveQ run in {run.path}")
     return result

@@ -34,6 +34,7 @@ from torch import nn
 from lowbit.errors import ConfigError, DataError
 from lowbit.nn.convert import is_quantizer_param, quantize_, quantizer_aux_loss, quantized_layers
 from lowbit.quant.registry import QuantizerSpec
+from lowbit.recipes import SEARCH_EVALUATION
 from lowbit.search.space import Choices, SearchSpace
 from lowbit.train.config import TrainConfig, build_optimizer
 from lowbit.train.loop import evaluate
@@ -53,7 +54,8 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 class FineTuneEvaluator:
     def __init__(self, model: nn.Module, space: SearchSpace, train: Batches, val: Batches, *, steps: int = 200,
-                 quantizer: QuantizerSpec | str = "dorefa", lr: float = 0.01, optimizer: str = "sgd",
+                 quantizer: QuantizerSpec | str = "dorefa", lr: float = SEARCH_EVALUATION.lr,
+                 optimizer: str = SEARCH_EVALUATION.optimizer,
                  momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0, device: str = "cpu") -> None:
         if quantized_layers(model):
             raise ConfigError("FineTuneEvaluator needs the float model (it has quantized layers)")

@@ -29,6 +29,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True  # used on CUDA only
     grad_clip: float | None = None
+    warmup_epochs: float = 0.0  # linear LR warm-up over this many epochs (per step), then the schedule
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -40,6 +41,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.grad_clip is not None and not (self.grad_clip > 0 and math.isfinite(self.grad_clip)):
             raise ConfigError(f"grad_clip must be a finite number > 0, got {self.grad_clip}")
+        if not (self.warmup_epochs >= 0 and math.isfinite(self.warmup_epochs)):
+            raise ConfigError(f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -66,6 +69,11 @@ def build_optimizer(model: nn.Module, config: TrainConfig,
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     return torch.optim.Adam(groups, lr=config.lr)
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The LR multiplier at optimizer step ``step`` (0-based): (step + 1) / warmup_steps, then 1."""
+    return 1.0 if step >= warmup_steps else (step + 1) / warmup_steps
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:

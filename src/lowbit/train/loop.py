@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from lowbit.errors import CheckpointError, NumericsError, TrainingInterrupted
 from lowbit.train import distributed as dist_
 from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
 from lowbit.train.interrupt import InterruptGuard, signal_name
-from lowbit.train.config import TrainConfig, build_optimizer, build_scheduler
+from lowbit.train.config import TrainConfig, build_optimizer, build_scheduler, warmup_factor
 from lowbit.train.metrics import MetricsWriter
 from lowbit.train.progress import QUIET, Reporter
 
@@ -131,11 +132,12 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
         step_callbacks: Sequence[StepCallback] = (), no_decay: Callable[[str], bool] = lambda name: False,
         checkpoint_path: str | Path | None = None, checkpoint_extra: dict[str, Any] | None = None,
         resume: bool = False, metrics: MetricsWriter | None = None,
-        reporter: Reporter = QUIET) -> FitResult:
+        reporter: Reporter = QUIET, watch: Callable[[dict[str, Any]], None] | None = None) -> FitResult:
     """Train ``model`` for ``config.epochs`` epochs on ``train_loader`` (len() = batches/epoch).
 
     ``step_callbacks`` run after every optimizer step with the progress reached, (step + 1) /
     total steps (projections and phase switches of a method, e.g. WaveQ's bit clamp and freeze).
+    ``watch`` sees each epoch's finished metrics record (a health monitor that warns early).
     """
     device = torch.device(config.device)
     model.to(device)
@@ -187,6 +189,7 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
 
     steps_per_epoch = max(len(train_loader), 1)
     total_steps = max(config.epochs * steps_per_epoch, 1)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     step_model: nn.Module = _Objective(model, loss_terms, device.type, use_amp)
     if ddp:
         if not resume and start_epoch < config.epochs:
@@ -237,7 +240,8 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                     if config.grad_clip is not None:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    scaler.step(optimizer)
+                    with _warmed_up(optimizer, warmup_factor(step, warmup_steps)):
+                        scaler.step(optimizer)
                     scaler.update()
                     for step_callback in step_callbacks:
                         step_callback(model, (step + 1) / total_steps)
@@ -286,6 +290,8 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
             if metrics is not None and main:
                 metrics.write(record)
             reporter.log(_epoch_line(record, config.epochs, eval_name))
+            if watch is not None:
+                watch(record)
             if checkpoint_path is not None:
                 _check_finite(model, epoch)
                 if main:
@@ -296,6 +302,22 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                 raise _interrupted(received, str(checkpoint_path) if checkpoint_path is not None else None,
                                    f"the end of epoch {epoch + 1}")
     return result
+
+
+@contextmanager
+def _warmed_up(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """The scheduled LR times ``factor`` for one optimizer step (the schedule's own state untouched)."""
+    if factor == 1.0:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * factor
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
 
 def _check_loss(loss_value: float, epoch: int, i: int) -> None:
