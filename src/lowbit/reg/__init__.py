@@ -8,7 +8,8 @@
   three-phase schedule of SINAREQ/WaveQ, METHODS.md section 3).
 """
 
+from lowbit.reg.sinreq import SinReQ, grid_distance
 from lowbit.reg.waveq import WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import WaveQOutcome, waveq_quantize
 
-__all__ = ["WaveQ", "WaveQConfig", "WaveQOutcome", "waveq_quantize"]
+__all__ = ["SinReQ", "WaveQ", "WaveQConfig", "WaveQOutcome", "grid_distance", "waveq_quantize"]

@@ -13,6 +13,8 @@ environment the PPO agent trains in, and the random / greedy / exhaustive compar
 
 from __future__ import annotations
 
+from typing import Any
+
 from lowbit.search.baselines import exhaustive_search, greedy_search, random_search
 from lowbit.search.budget import Budget, BudgetExhausted, BudgetTracker
 from lowbit.search.env import BitwidthEnv
@@ -48,4 +50,14 @@ __all__ = [
     "plan_reward",
     "random_search",
     "releq_reward",
+    "releq_search",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``releq_search`` (and ``PPOSettings``) load stable-baselines3: imported on first use only."""
+    if name in ("releq_search", "PPOSettings"):
+        from lowbit.search import releq
+
+        return getattr(releq, name)
+    raise AttributeError(f"module 'lowbit.search' has no attribute {name!r}")
