@@ -368,3 +368,31 @@ def test_lsq_weight_rejects_one_bit():
 def test_invalid_scale_mode(cls):
     with pytest.raises(ConfigError, match="conv"):
         cls(4, torch.randn(3), layer="conv", scale="mean")
+
+
+# ---- what each quantizer tells the methods (issue 18: no tables of quantizer names elsewhere) ----
+
+def test_quantizers_carry_their_learned_scale_and_seed_it():
+    import torch
+    from lowbit.quant.registry import FAMILIES
+
+    w = torch.randn(8, 8)
+    for family in FAMILIES.values():
+        learned = family.weight(3, w, "l", scale="learned")
+        fixed = family.weight(3, w, "l", scale="max")
+        if family.weight.uses_output_scale:
+            assert learned.learned_scale is learned.scale and fixed.learned_scale is None
+            assert learned.seed_scale(0.5) and float(learned.scale) == 0.5 and not fixed.seed_scale(0.5)
+        elif family.weight.__name__ == "LSQWeight":
+            assert learned.seed_scale(0.5) and float(learned.step) == pytest.approx(0.5 / 4)  # outer level at 0.5
+        else:  # TWN: its scale is a statistic of the weights, nothing to seed
+            assert learned.learned_scale is None and not learned.seed_scale(0.5)
+
+
+def test_pact_activation_reads_its_options_from_the_spec():
+    from lowbit.quant.pact import PACTAct
+    from lowbit.quant.registry import QuantizerSpec
+
+    act = QuantizerSpec("pact", pact_alpha_init=3.0, pact_alpha_decay=0.1).make_act(4, "l")
+    assert isinstance(act, PACTAct) and float(act.alpha) == 3.0 and act.alpha_decay == 0.1
+    assert type(QuantizerSpec("dorefa").make_act(4, "l")).__name__ == "DoReFaAct"

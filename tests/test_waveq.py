@@ -15,10 +15,10 @@ from lowbit.errors import ConfigError
 from lowbit.nn import quantize_
 from lowbit.plan import Plan
 from lowbit.quant.dorefa import DoReFaWeight
-from lowbit.quant.registry import QuantizerSpec
+from lowbit.quant.registry import FAMILIES, QuantizerSpec
 from lowbit.quant.wrpn import WRPNWeight
 from lowbit.reg.sinreq import SinReQ, sin2_grid
-from lowbit.reg.waveq import GEOMETRIES, WaveQ, WaveQConfig, integer_bits, is_waveq_param
+from lowbit.reg.waveq import WaveQ, WaveQConfig, integer_bits, is_waveq_param
 from lowbit.train import TrainConfig, fit
 
 
@@ -125,10 +125,10 @@ def test_freeze_at_the_phase_boundary() -> None:
     assert method.params.beta.grad is None  # no more learning of bits in phase 3
 
 
-@pytest.mark.parametrize("family", sorted(GEOMETRIES))
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("k", [2, 3, 4, 8])
 def test_sinusoid_is_zero_on_the_levels_at_integer_beta(family: str, k: int) -> None:
-    spacing, offset = GEOMETRIES[family](torch.tensor([float(k)]))
+    spacing, offset = FAMILIES[family].weight.unit_geometry(torch.tensor([float(k)]))
     if family == "lsq":
         levels = torch.arange(-(2 ** (k - 1)), 2 ** (k - 1)) / 2 ** (k - 1)
     else:

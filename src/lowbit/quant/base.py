@@ -80,6 +80,30 @@ class WeightQuantizer(Quantizer):
         follows (the norm absorbs the scale), ``max`` for the others."""
         return "none" if behind_norm else "max"
 
+    @classmethod
+    def unit_geometry(cls, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Δ, o) at continuous bits ``k`` in the unit-range view u = w / α that WaveQ learns α for."""
+        return cls.spacing(k), cls.offset(k)
+
+    @classmethod
+    def unit_normalize(cls, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """u at a continuous scale α, through the quantizer's own map (WaveQ's ``aligned`` domain):
+        w / α, unless the family maps weights otherwise (DoReFa's tanh)."""
+        return w / alpha
+
+    @property
+    def learned_scale(self) -> nn.Parameter | None:
+        """The parameter that sets this quantizer's grid when it learns one (None: it does not)."""
+        return self.scale if self.scale_mode == "learned" else None
+
+    @torch.no_grad()
+    def seed_scale(self, alpha: float) -> bool:
+        """Start a learned grid at scale α (the outer level at α); False when there is none to seed."""
+        if self.learned_scale is None:
+            return False
+        self.learned_scale.fill_(alpha)
+        return True
+
     def output_scale(self, w: torch.Tensor) -> torch.Tensor | float:
         """The per-layer output scale s (1.0 for ``none``)."""
         if self.scale_mode == "max":
@@ -98,6 +122,12 @@ class WeightQuantizer(Quantizer):
 
 class ActQuantizer(Quantizer):
     """Fake-quantizes the activation entering a layer."""
+
+    @classmethod
+    def build(cls, bits: int, layer: str, options: object) -> ActQuantizer:
+        """An instance for ``layer``; ``options`` is the ``QuantizerSpec`` (families with options of
+        their own, PACT's α, read them from it)."""
+        return cls(bits, layer)
 
     def aux_loss(self) -> torch.Tensor | None:
         """An extra loss term this quantizer wants (PACT's L2 on α); None if none."""

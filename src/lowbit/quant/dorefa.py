@@ -16,6 +16,8 @@ NaN and +-1 for +-inf (k = 1: NaN and +-inf).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lowbit.quant.base import ActQuantizer, WeightQuantizer, uniform_levels
@@ -25,6 +27,11 @@ from lowbit.quant.ste import (abs_max, clip_round_ste, finite_abs_max, finite_ab
 
 class DoReFaWeight(WeightQuantizer):
     family = "dorefa"
+
+    @classmethod
+    def unit_normalize(cls, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """DoReFa's own map at scale α: tanh(w / α) / tanh(1), so that w = α sits on the top level."""
+        return torch.tanh(w / alpha) / math.tanh(1.0)
 
     @classmethod
     def levels(cls, k: int) -> torch.Tensor:

@@ -47,6 +47,21 @@ class LSQWeight(WeightQuantizer):
     def offset(cls, k):
         return 0.0
 
+    @classmethod
+    def unit_geometry(cls, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """In the unit-range view u = w / α (α = 2^(k-1) s): levels m / 2^(k-1), so Δ = 2^(1-k), o = 0."""
+        return torch.pow(2.0, 1.0 - k), torch.zeros_like(k)
+
+    @property
+    def learned_scale(self) -> nn.Parameter:
+        return self.step
+
+    @torch.no_grad()
+    def seed_scale(self, alpha: float) -> bool:
+        """The step that puts the outer level at α: α / 2^(k-1)."""
+        self.step.fill_(alpha / 2 ** (self.bits - 1))
+        return True
+
     def normalize(self, w: torch.Tensor) -> torch.Tensor:
         return w / self.step.abs().clamp_min(1e-8)
 

@@ -44,6 +44,10 @@ class PACTAct(ActQuantizer):
     spacing = DoReFaAct.spacing
     offset = DoReFaAct.offset
 
+    @classmethod
+    def build(cls, bits: int, layer: str, options: object) -> PACTAct:
+        return cls(bits, layer, getattr(options, "pact_alpha_init", 8.0), getattr(options, "pact_alpha_decay", 5e-4))
+
     def __init__(self, bits: int, layer: str = "", alpha_init: float = 8.0, alpha_decay: float = 5e-4) -> None:
         super().__init__(bits, layer)
         self.alpha = nn.Parameter(torch.tensor(float(alpha_init)))

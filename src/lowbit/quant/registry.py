@@ -78,9 +78,7 @@ class QuantizerSpec:
         return self.family.weight(bits, weight, layer, scale)
 
     def make_act(self, bits: int, layer: str) -> ActQuantizer:
-        if self.name == "pact":
-            return PACTAct(bits, layer, self.pact_alpha_init, self.pact_alpha_decay)
-        return self.family.act(bits, layer)
+        return self.family.act.build(bits, layer, self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

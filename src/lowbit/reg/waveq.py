@@ -61,35 +61,16 @@ from torch import nn
 
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.nn.convert import quantizable_layers
-from lowbit.quant.dorefa import DoReFaWeight
+from lowbit.quant.registry import FAMILIES
 from lowbit.quant.ste import grad_scale
-from lowbit.quant.wrpn import WRPNWeight
 from lowbit.reg.schedules import three_phase_bits, three_phase_weight
 from lowbit.reg.sinreq import sin2_grid
 from lowbit.train.loop import LossTerm
 
 DOMAINS = ("aligned", "raw")
-TANH_FAMILIES = ("dorefa", "pact")  # levels in tanh space
 WEIGHTINGS = ("layers", "params")
 ROUNDINGS = ("round", "ceil")
 MIN_ALPHA = 1e-8
-
-
-def _lsq_unit_geometry(beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.pow(2.0, 1.0 - beta), torch.zeros_like(beta)
-
-
-def _class_geometry(cls: type) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    return lambda beta: (cls.spacing(beta), cls.offset(beta))
-
-
-GEOMETRIES: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
-    "dorefa": _class_geometry(DoReFaWeight),
-    "pact": _class_geometry(DoReFaWeight),  # PACT's weights are DoReFa's
-    "wrpn": _class_geometry(WRPNWeight),
-    "twn": _class_geometry(WRPNWeight),  # k >= 2: symmetric levels with zero, as WRPN's
-    "lsq": _lsq_unit_geometry,
-}
 
 
 @dataclass(frozen=True)
@@ -117,9 +98,9 @@ class WaveQConfig:
     pin_bits: int = 8
 
     def __post_init__(self) -> None:
-        if self.quantizer not in GEOMETRIES:
+        if self.quantizer not in FAMILIES:
             raise ConfigError(f"WaveQ has no level geometry for quantizer {self.quantizer!r}"
-                              f"{did_you_mean(str(self.quantizer), GEOMETRIES)}; choose one of {', '.join(GEOMETRIES)}")
+                              f"{did_you_mean(str(self.quantizer), FAMILIES)}; choose one of {', '.join(FAMILIES)}")
         for name in ("lambda_w", "c_beta", "bits_min", "bits_max", "beta_init", "freeze_at", "beta_lr_scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -228,7 +209,7 @@ class WaveQ:
         self._learned_weights = [float(self.counts[n]) if by_params else 1.0 for n in learned]
         self._pinned_weight = float(sum(self.counts[n] if by_params else 1 for n in self.pinned))
         self._weight_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self.geometry = GEOMETRIES[config.quantizer]
+        self.weight_quantizer = FAMILIES[config.quantizer].weight  # the level geometry the sinusoid follows
         alpha = torch.stack([m.weight.detach().abs().max().clamp_min(MIN_ALPHA) for m in self.layers])
         self.params = WaveQParams(learned, alpha, config.beta_init)
         self.params.beta.requires_grad_(config.learn_bits)
@@ -255,7 +236,7 @@ class WaveQ:
     def layer_penalties(self) -> torch.Tensor:
         """R_l of every learned layer, shape [L]."""
         beta, alpha = self._beta_alpha()
-        spacing, offset = self.geometry(beta)
+        spacing, offset = self.weight_quantizer.unit_geometry(beta)
         terms = []
         for i, layer in enumerate(self.layers):
             u = self._normalized(layer.weight, alpha[i])
@@ -267,8 +248,8 @@ class WaveQ:
         return torch.stack(terms)
 
     def _normalized(self, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        if self.config.domain == "aligned" and self.config.quantizer in TANH_FAMILIES:
-            return torch.tanh(w / alpha) / math.tanh(1.0)
+        if self.config.domain == "aligned":
+            return self.weight_quantizer.unit_normalize(w, alpha)
         return w / alpha
 
     def penalty(self, model: nn.Module | None = None) -> torch.Tensor:

@@ -62,13 +62,8 @@ def seed_scales_from_alpha(model: nn.Module, alpha: dict[str, float]) -> None:
     """Start learned output scales at α (LSQ: step α / 2^(k-1)) so the quantizer's grid is the
     one WaveQ pulled the weights onto; quantizers without a learned scale are left alone."""
     for name, layer in quantized_layers(model).items():
-        quantizer = layer.weight_quantizer
-        if quantizer is None or name not in alpha:
-            continue
-        if hasattr(quantizer, "step"):  # LSQ
-            quantizer.step.fill_(alpha[name] / 2 ** (quantizer.bits - 1))
-        elif getattr(quantizer, "scale_mode", None) == "learned":
-            quantizer.scale.fill_(alpha[name])
+        if layer.weight_quantizer is not None and name in alpha:
+            layer.weight_quantizer.seed_scale(alpha[name])
 
 
 _RECIPE_FINETUNE = QUANTIZED_FINETUNE.train_config(WAVEQ_FINETUNE_EPOCHS)

@@ -21,7 +21,7 @@ from lowbit.errors import ConfigError, unknown_name
 from lowbit.health import check_health
 from lowbit.models import model_info
 from lowbit.quant.bits import FLOAT_BITS, check_bits
-from lowbit.quant.registry import QuantizerSpec
+from lowbit.quant.registry import FAMILIES, QuantizerSpec
 from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_EPOCHS, WAVEQ_FINETUNE_EPOCHS, WAVEQ_PHASE, WAVEQ_SCALE
 from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import waveq_quantize
@@ -33,7 +33,7 @@ from lowbit.runs.start import check_global_batch, start_model, train_loader
 from lowbit.train import QUIET, MetricsWriter, Reporter, TrainConfig, evaluate
 from lowbit.train.distributed import DistInfo, barrier, cleanup, init_distributed
 
-WAVEQ_QUANTIZERS = ("dorefa", "wrpn", "lsq")
+WAVEQ_QUANTIZERS = tuple(sorted(FAMILIES))  # every family carries its geometry at continuous bits
 
 
 @dataclass
