@@ -38,6 +38,15 @@ from lowbit.errors import BitwidthError, LowbitError, PlanError, did_you_mean
 from lowbit.io import atomic_write_text
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 
+PIN_BITS = 8  # the first/last pin's default bits
+
+
+def pinned_layers(names: Sequence[str], pin: bool = True) -> set[str]:
+    """The layers the first/last pin holds: the first and the last of ``names`` (none if not ``pin``).
+
+    The one place the pin rule lives; ``Plan`` resolution, WaveQ and the search all ask it."""
+    return {names[0], names[-1]} if pin and names else set()
+
 PLAN_FORMAT = "lowbit-plan"
 PLAN_VERSION = 1
 GLOB_CHARS = set("*?[")
@@ -82,7 +91,7 @@ def _bits_or_none(value: Any, where: str) -> int | None:
 @dataclass(frozen=True)
 class Plan:
     default: LayerBits = LayerBits(FLOAT_BITS, FLOAT_BITS)
-    first_last: LayerBits | None = LayerBits(8, 8)
+    first_last: LayerBits | None = LayerBits(PIN_BITS, PIN_BITS)
     entries: tuple[PlanEntry, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -102,7 +111,7 @@ class Plan:
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def uniform(cls, weight_bits: int = FLOAT_BITS, act_bits: int = FLOAT_BITS,
-                keep_first_last: bool = True, first_last_bits: int = 8) -> Plan:
+                keep_first_last: bool = True, first_last_bits: int = PIN_BITS) -> Plan:
         """Every layer at the same bits, first and last pinned unless ``keep_first_last`` is False."""
         pin = LayerBits(first_last_bits, first_last_bits) if keep_first_last else None
         return cls(LayerBits(check_bits(weight_bits, "default (weight)"), check_bits(act_bits, "default (act)")), pin)
@@ -141,11 +150,10 @@ class Plan:
         for entry in self.entries:
             if not entry.is_glob and entry.pattern == name and getattr(entry, what) is not None:
                 return getattr(entry, what)
-        if self.first_last is not None:
+        if self.first_last is not None and name in pinned_layers(names):
             if index == 0 and what == "act":
                 return FLOAT_BITS  # the network input stays float
-            if index in (0, len(names) - 1):
-                return getattr(self.first_last, what)
+            return getattr(self.first_last, what)
         for entry in reversed(self.entries):
             if entry.is_glob and entry.matches(name) and getattr(entry, what) is not None:
                 return getattr(entry, what)

@@ -61,6 +61,7 @@ from torch import nn
 
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.nn.convert import quantizable_layers
+from lowbit.plan import PIN_BITS, pinned_layers
 from lowbit.quant.registry import FAMILIES
 from lowbit.quant.ste import grad_scale
 from lowbit.reg.schedules import three_phase_bits, three_phase_weight
@@ -95,7 +96,7 @@ class WaveQConfig:
     range_penalty: bool = True  # our addition: weights beyond the outer levels pay (distance / Δ)^2
     beta_lr_scale: float = 10.0  # β's gradient is multiplied by this (its step is lr * scale)
     pin_first_last: bool = True
-    pin_bits: int = 8
+    pin_bits: int = PIN_BITS
 
     def __post_init__(self) -> None:
         if self.quantizer not in FAMILIES:
@@ -196,7 +197,7 @@ class WaveQ:
         if not layers:
             raise ConfigError("WaveQ needs a model with Conv1d/Conv2d/Linear layers")
         names = list(layers)
-        pinned = {names[0], names[-1]} if config.pin_first_last else set()
+        pinned = pinned_layers(names, config.pin_first_last)
         self.order = names
         self.pinned = [n for n in names if n in pinned]
         learned = [n for n in names if n not in pinned]

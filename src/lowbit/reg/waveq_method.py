@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.nn.convert import is_quantizer_param, quantize_, quantized_layers
-from lowbit.plan import LayerBits, Plan
+from lowbit.plan import PIN_BITS, LayerBits, Plan, PlanEntry
 from lowbit.quant.bits import FLOAT_BITS
 from lowbit.quant.registry import QuantizerSpec
 from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_EPOCHS, WAVEQ_FINETUNE_EPOCHS, WAVEQ_PHASE, WAVEQ_SCALE
@@ -45,16 +45,15 @@ class WaveQOutcome:
     accuracy_before_finetune: float | None = None  # on eval_loader, right after quantize_
 
 
-def integer_plan(bits: dict[str, int], act_bits: int = FLOAT_BITS, pin_bits: int = 8) -> Plan:
-    """The plan of WaveQ's integer weight bits; activations at ``act_bits`` except the network
-    input (first layer: 32) and the last layer (``pin_bits`` when activations are quantized)."""
+def integer_plan(bits: dict[str, int], act_bits: int = FLOAT_BITS, pin_bits: int = PIN_BITS) -> Plan:
+    """The plan of WaveQ's integer weight bits; activations at ``act_bits`` except those the
+    first/last pin holds (``lowbit.plan``): the network input (first layer: 32) and the last layer
+    (``pin_bits`` when activations are quantized, or more)."""
     names = list(bits)
-    acts = {n: act_bits for n in names}
-    if act_bits != FLOAT_BITS and names:
-        acts[names[-1]] = max(act_bits, pin_bits)
-    if names:
-        acts[names[0]] = FLOAT_BITS
-    return Plan.from_layer_bits({n: LayerBits(bits[n], acts[n]) for n in names})
+    pin_act = max(act_bits, pin_bits) if act_bits != FLOAT_BITS else FLOAT_BITS
+    plan = Plan(default=LayerBits(pin_bits, act_bits), first_last=LayerBits(pin_bits, pin_act),
+                entries=tuple(PlanEntry(n, bits[n], None) for n in names))
+    return Plan.from_layer_bits(plan.resolve(names))
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from torch import nn
 from lowbit.costs import costs_of
 from lowbit.errors import ConfigError
 from lowbit.nn.convert import quantizable_layers
-from lowbit.plan import LayerBits, Plan, PlanEntry
+from lowbit.plan import PIN_BITS, LayerBits, Plan, PlanEntry, pinned_layers
 from lowbit.quant.bits import FLOAT_BITS, LOW_BITS, check_bits
 
 Bits = tuple[int, int]  # (weight bits, activation bits) of one layer
@@ -84,7 +84,7 @@ class SearchSpace:
     """Layers, bit choices, pins, and the mapping from actions/choices to plans (module docstring)."""
 
     def __init__(self, layers: Sequence[LayerInfo], bit_choices: Sequence[int] = (2, 3, 4, 5, 8), *,
-                 act_choices: Sequence[int] | None = None, pin_first_last: bool = True, pin_bits: int = 8,
+                 act_choices: Sequence[int] | None = None, pin_first_last: bool = True, pin_bits: int = PIN_BITS,
                  act_bits: int = FLOAT_BITS) -> None:
         self.layers: tuple[LayerInfo, ...] = tuple(layers)
         if not self.layers:
@@ -97,8 +97,8 @@ class SearchSpace:
         self.pin_first_last = bool(pin_first_last)
         self.pin_bits = check_bits(pin_bits, allowed=LOW_BITS, what="pin bitwidth")
         self.act_bits = check_bits(act_bits, what="fixed activation bitwidth")
-        last = len(self.layers) - 1
-        expected = [not (self.pin_first_last and i in (0, last)) for i in range(len(self.layers))]
+        pinned = pinned_layers([layer.name for layer in self.layers], self.pin_first_last)
+        expected = [layer.name not in pinned for layer in self.layers]
         if [layer.searched for layer in self.layers] != expected:
             raise ConfigError("LayerInfo.searched must be False exactly for the pinned first and last layers "
                               f"(pin_first_last={self.pin_first_last}); SearchSpace.from_model sets it")
@@ -114,16 +114,15 @@ class SearchSpace:
 
     @classmethod
     def from_model(cls, model: nn.Module, bit_choices: Sequence[int] = (2, 3, 4, 5, 8), pin_first_last: bool = True,
-                   search_acts: bool = False, act_choices: Sequence[int] | None = None, *, pin_bits: int = 8,
+                   search_acts: bool = False, act_choices: Sequence[int] | None = None, *, pin_bits: int = PIN_BITS,
                    act_bits: int = FLOAT_BITS) -> SearchSpace:
         """The space of ``model``'s quantizable layers (``act_choices`` defaults to ``bit_choices``)."""
         if act_choices is not None and not search_acts:
             raise ConfigError("act_choices given but search_acts=False; pass search_acts=True to search "
                               "activation bits, or act_bits=... to fix them")
         modules = quantizable_layers(model)
-        last = len(modules) - 1
-        layers = [describe_layer(name, m, not (pin_first_last and i in (0, last)))
-                  for i, (name, m) in enumerate(modules.items())]
+        pinned = pinned_layers(list(modules), pin_first_last)
+        layers = [describe_layer(name, m, name not in pinned) for name, m in modules.items()]
         acts = (tuple(bit_choices) if act_choices is None else act_choices) if search_acts else None
         return cls(layers, bit_choices, act_choices=acts, pin_first_last=pin_first_last, pin_bits=pin_bits,
                    act_bits=act_bits)
@@ -231,15 +230,9 @@ class SearchSpace:
 
     # ---- plans and costs --------------------------------------------------------------------
     def resolved(self, choices: Sequence[ChoiceLike]) -> OrderedDict[str, LayerBits]:
-        """Bits of every quantizable layer (pinned ones included), in order."""
-        chosen = dict(zip(self.searched_names, self.normalize(choices)))
-        out: OrderedDict[str, LayerBits] = OrderedDict()
-        for i, name in enumerate(self.layer_names):
-            if name in chosen:
-                out[name] = LayerBits(*chosen[name])
-            else:
-                out[name] = LayerBits(self.pin.weight, FLOAT_BITS if i == 0 else self.pin.act)
-        return out
+        """Bits of every quantizable layer (pinned ones included), in order: :meth:`to_plan` resolved,
+        so the plan a search writes and the one it evaluates are the same encoding."""
+        return OrderedDict(self.to_plan(choices).resolve(self.layer_names))
 
     def to_plan(self, choices: Sequence[ChoiceLike]) -> Plan:
         """A plan with one exact entry per searched layer and the first/last pin for the others."""
