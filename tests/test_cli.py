@@ -15,7 +15,7 @@ import yaml
 import lowbit.train.loop as loop_module
 from lowbit import __version__
 from lowbit.cli.main import build_parser, main
-from lowbit.cli.train_cmd import options_from_args
+from lowbit.cli.common import options_from_args
 from lowbit.data import ArrayLoader, list_datasets, load_dataset
 from lowbit.models import list_models
 from lowbit.quant.registry import list_quantizers

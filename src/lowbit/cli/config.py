@@ -4,23 +4,21 @@ Precedence: the dataclass defaults < the config file (< a resumed run's config.y
 resuming) < flags given on the command line. Keys may use dashes or underscores. An unknown key
 is an error with a "did you mean"; a value of the wrong type is an error naming the key; a key
 given twice in one file is an error. The file is read by PyYAML's safe loader: a ``!!python/...``
-tag is refused, never executed.
+tag is refused, never executed. Values are typed by ``lowbit.runs.option_values``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import types
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-from lowbit.errors import ConfigError, did_you_mean
+from lowbit.errors import ConfigError
+from lowbit.runs.option_values import merge_options
 
-T = TypeVar("T")
+__all__ = ["given_flags", "merge_options", "read_yaml"]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -66,51 +64,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of option: value, got {type(data).__name__}")
     return data
-
-
-def _allowed_types(annotation: Any) -> tuple[type, ...]:
-    if isinstance(annotation, str):
-        annotation = eval(annotation, {"int": int, "float": float, "str": str, "bool": bool})  # noqa: S307
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return tuple(t for t in typing.get_args(annotation))
-    return (annotation,)
-
-
-def coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a dataclass field annotation (int/float/str/bool, optional None)."""
-    allowed = _allowed_types(annotation)
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise ConfigError(f"option {key!r} cannot be empty")
-    if bool in allowed and isinstance(value, bool):
-        return value
-    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ConfigError(f"option {key!r} is out of range: {value}") from None
-    if str in allowed and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-        return str(value)
-    names = "/".join(t.__name__ for t in allowed if t is not type(None))
-    raise ConfigError(f"option {key!r} must be {names}, got {value!r}")
-
-
-def merge_options(cls: type[T], layers: list[dict[str, Any]]) -> T:
-    """Build ``cls`` from dict layers, later layers winning; validates keys and types."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for layer in layers:
-        for raw_key, value in layer.items():
-            key = str(raw_key).replace("-", "_")
-            if key not in fields:
-                raise ConfigError(f"unknown option {raw_key!r}{did_you_mean(key, fields)}; "
-                                  f"known options: {', '.join(sorted(fields))}")
-            values[key] = coerce(key, value, hints[key])
-    return cls(**values)
 
 
 def given_flags(args: argparse.Namespace, skip: tuple[str, ...] = ("config", "command", "func", "quiet", "debug")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.train_cmd import command_line, options_from_args
+from lowbit.cli.common import command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.distill import BALANCES, FEATURE_LOSSES, MODES
 from lowbit.models import list_models

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.train_cmd import command_line, options_from_args
+from lowbit.cli.common import command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.errors import ConfigError
 from lowbit.models import list_models

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-from pathlib import Path
 
-from lowbit.cli.config import given_flags, merge_options, read_yaml
+from lowbit.cli.common import command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES, list_quantizers
-from lowbit.runs.folder import CONFIG_FILE
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.train import Reporter
 from lowbit.train.config import OPTIMIZERS, SCHEDULES
@@ -60,24 +57,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", default=None,
                         help="exit with code 3 when the run fails its health checks (not learning, at chance, "
                         "a layer on one level); the run folder is written either way")
-
-
-def options_from_args(args: argparse.Namespace, cls: type = TrainOptions):
-    layers = []
-    if args.config:
-        layers.append(read_yaml(args.config))
-    if getattr(args, "resume", None) and args.out and (Path(args.out) / CONFIG_FILE).exists():
-        saved = read_yaml(Path(args.out) / CONFIG_FILE)
-        known = {f for f in cls.__dataclass_fields__}
-        layers.append({k: v for k, v in saved.items() if k in known})
-    layers.append(given_flags(args))
-    return merge_options(cls, layers)
-
-
-def command_line(args: argparse.Namespace) -> str | None:
-    """The command as the user typed it (main() records argv; None falls back to sys.argv)."""
-    argv = getattr(args, "argv", None)
-    return shlex.join(["lowbit", *argv]) if argv is not None else None
 
 
 def run(args: argparse.Namespace) -> int:

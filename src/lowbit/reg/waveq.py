@@ -52,7 +52,7 @@ did not match DoReFa's and the fine-tune after it lost accuracy (see the WaveQ b
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 

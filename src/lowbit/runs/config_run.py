@@ -26,10 +26,7 @@ merges options; this module works on parsed mappings and built options: structur
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +40,7 @@ from lowbit.io import atomic_write_text
 from lowbit.quant.registry import NO_QUANTIZER
 from lowbit.runs.dcq_run import DcqOptions, run_dcq
 from lowbit.runs.model_io import resolve_model_file
+from lowbit.runs.option_values import parse_override, parse_overrides
 from lowbit.runs.search_run import SearchOptions, run_search
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.runs.waveq_run import WaveQOptions, run_waveq
@@ -121,61 +119,6 @@ def check_mapping(data: Mapping[str, Any], source: str) -> tuple[str, dict[str, 
     if requires is not None and (not isinstance(requires, str) or not requires.strip()):
         raise ConfigError(f"{source}: 'requires' must name one config file (relative to this one)")
     return str(command), dict(options), dict(paper), requires
-
-
-def _allowed_types(cls: type, key: str) -> tuple[type, ...]:
-    hint = typing.get_type_hints(cls)[key]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return tuple(typing.get_args(hint))
-    return (hint,)
-
-
-_NONE_WORDS = {"null", "none", "~", ""}
-_BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def parse_override(cls: type, text: str) -> tuple[str, Any]:
-    """``"key=value"`` -> (field name, value typed by ``cls``'s field annotation).
-
-    ``null``/``none``/``~`` (or nothing after ``=``) give None where the field allows it; bools
-    take true/false/yes/no/on/off/1/0. An unknown key raises ConfigError with a "did you mean"."""
-    if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"--set takes key=value, got {text!r}")
-    raw_key, value = text.split("=", 1)
-    key = raw_key.strip().replace("-", "_")
-    fields = list(cls.__dataclass_fields__)
-    if key not in fields:
-        raise ConfigError(f"--set: unknown option {raw_key.strip()!r}{did_you_mean(key, fields)}; "
-                          f"known options: {', '.join(sorted(fields))}")
-    allowed = _allowed_types(cls, key)
-    word = value.strip()
-    if word.lower() in _NONE_WORDS and type(None) in allowed:
-        return key, None
-    if bool in allowed:
-        if word.lower() in _BOOL_WORDS:
-            return key, _BOOL_WORDS[word.lower()]
-    if int in allowed:
-        try:
-            return key, int(word)
-        except ValueError:
-            pass
-    if float in allowed:
-        try:
-            number = float(word)
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(number):
-                return key, number
-    if str in allowed:
-        return key, value
-    names = "/".join(t.__name__ for t in allowed)
-    raise ConfigError(f"--set {raw_key.strip()}={value!r}: {key} must be {names}")
-
-
-def parse_overrides(cls: type, texts: list[str]) -> dict[str, Any]:
-    """Several ``key=value`` texts (later ones win)."""
-    return dict(parse_override(cls, text) for text in texts)
 
 
 def resolve_out(options: Any) -> None:

@@ -52,7 +52,8 @@ from lowbit.runs.dcq_run import sample_input
 from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
-from lowbit.runs.search_setup import LoggedEvaluator, evaluator_loaders, parse_bits, search_budget
+from lowbit.runs.search_setup import LoggedEvaluator, evaluator_loaders, parse_bits
+from lowbit.search.budget import remaining_budget
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
 from lowbit.search import greedy_search, random_search
@@ -211,10 +212,10 @@ def _train_float(options: SearchOptions, run: RunFolder, net: nn.Module, reporte
 def _search(options: SearchOptions, space: SearchSpace, evaluator: CachedEvaluator, ppo: Any,
             agent_dir: Path, reporter: Reporter) -> SearchOutcome:
     """Run the strategy. Random and greedy get the budget the cache file has not spent
-    (``search_setup.search_budget``); the agent keeps its own count in ``agent_dir`` on resume."""
+    (``lowbit.search.budget.remaining_budget``); the agent keeps its own count in ``agent_dir`` on resume."""
     common: dict[str, Any] = {"reward_config": options.reward_config(), "weighted_state": options.weighted_state}
     budget = (Budget(options.max_evals, options.time_limit) if options.strategy == "releq"
-              else search_budget(options.max_evals, options.time_limit, evaluator))
+              else remaining_budget(options.max_evals, options.time_limit, evaluator))
     reporter.log(f"{options.strategy} search over {space.n_searched} layers ({space.n_plans:,} plans), budget "
                  f"{budget.to_dict()}, {len(evaluator.records)} plan(s) already in the cache")
     if options.strategy == "random":

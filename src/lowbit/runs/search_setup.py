@@ -1,17 +1,10 @@
 """Pieces of ``lowbit search`` / ``lowbit releq`` (ReLeQ, Elthakeb et al., METHODS.md section 5) that
-are not the search itself: parsing bit lists, the evaluator's data, progress lines per evaluation,
-and the budget of a resumed search.
-
-Resumed budget: the evaluation budget is the whole search's, not each session's. A resumed search
-replays its plans from the cache file (free) and then may make only ``max_evals`` minus the
-evaluations already in the cache; its time limit is reduced by the evaluation time recorded there.
-So a resumed finished search makes no new evaluation, and a resumed interrupted one ends where
-the uninterrupted run would have (random and greedy search replay the same plans in order).
+are not the search itself: parsing bit lists, the evaluator's data and progress lines per
+evaluation. The budget of a resumed search is ``lowbit.search.budget.remaining_budget``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,8 +12,7 @@ import numpy as np
 from lowbit.data import ArrayLoader, DatasetSplits
 from lowbit.errors import ConfigError
 from lowbit.quant.bits import LOW_BITS, check_bits
-from lowbit.search import Budget, BudgetTracker, CachedEvaluator, Choices, Evaluator
-from lowbit.search.budget import CountsEvaluations
+from lowbit.search import Choices, Evaluator
 from lowbit.train import Reporter
 
 
@@ -78,35 +70,3 @@ class LoggedEvaluator:
         return describe() if callable(describe) else {"class": type(self.inner).__name__}
 
 
-@dataclass(frozen=True)
-class ResumedBudget(Budget):
-    """A :class:`Budget` part of which an earlier session spent (module docstring)."""
-
-    spent_evals: int = 0
-    spent_s: float = 0.0
-
-    def start(self, evaluator: CountsEvaluations) -> BudgetTracker:
-        return _ResumedTracker(self, evaluator)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "spent_evals": self.spent_evals, "spent_s": self.spent_s}
-
-
-class _ResumedTracker(BudgetTracker):
-    budget: ResumedBudget
-
-    @property
-    def used_evals(self) -> int:
-        return super().used_evals + self.budget.spent_evals
-
-    @property
-    def elapsed_s(self) -> float:
-        return super().elapsed_s + self.budget.spent_s
-
-
-def search_budget(max_evals: int | None, time_limit: float | None, evaluator: CachedEvaluator) -> Budget:
-    """The budget left: all of it, or what the records loaded from the cache file have not spent."""
-    if not evaluator.loaded:
-        return Budget(max_evals, time_limit)
-    return ResumedBudget(max_evals, time_limit, spent_evals=evaluator.loaded,
-                         spent_s=sum(r.wall_s for r in evaluator.records))

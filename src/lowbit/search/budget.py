@@ -9,6 +9,12 @@ it (``ev.evaluations`` minus its value at the start) and the seconds since. A se
 never interrupted, so the wall clock can overrun by one evaluation. ``tracker.check()`` raises
 :class:`BudgetExhausted` instead (for loops that prefer an exception). No limit at all is allowed
 (the search then ends on its own terms).
+
+Resumed budget: the evaluation budget is the whole search's, not each session's. A resumed search
+replays its plans from the cache file (free) and then may make only ``max_evals`` minus the
+evaluations already in the cache; its time limit is reduced by the evaluation time recorded there.
+So a resumed finished search makes no new evaluation, and a resumed interrupted one ends where
+the uninterrupted run would have (random and greedy search replay the same plans in order).
 """
 
 from __future__ import annotations
@@ -79,3 +85,44 @@ class BudgetTracker:
         if self.exhausted():
             raise BudgetExhausted(f"search budget spent: {self.used_evals} new evaluation(s) in "
                                   f"{self.elapsed_s:.1f}s (limits: {self.budget.to_dict()})")
+
+
+class CachedRecords(Protocol):
+    """What a resumed budget reads of a cached evaluator: the records loaded from its file."""
+
+    loaded: int
+    records: list[Any]
+
+
+@dataclass(frozen=True)
+class ResumedBudget(Budget):
+    """A :class:`Budget` part of which an earlier session spent (module docstring)."""
+
+    spent_evals: int = 0
+    spent_s: float = 0.0
+
+    def start(self, evaluator: CountsEvaluations) -> BudgetTracker:
+        return _ResumedTracker(self, evaluator)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "spent_evals": self.spent_evals, "spent_s": self.spent_s}
+
+
+class _ResumedTracker(BudgetTracker):
+    budget: ResumedBudget
+
+    @property
+    def used_evals(self) -> int:
+        return super().used_evals + self.budget.spent_evals
+
+    @property
+    def elapsed_s(self) -> float:
+        return super().elapsed_s + self.budget.spent_s
+
+
+def remaining_budget(max_evals: int | None, time_limit: float | None, evaluator: CachedRecords) -> Budget:
+    """The budget left: all of it, or what the records loaded from the cache file have not spent."""
+    if not evaluator.loaded:
+        return Budget(max_evals, time_limit)
+    return ResumedBudget(max_evals, time_limit, spent_evals=evaluator.loaded,
+                         spent_s=sum(r.wall_s for r in evaluator.records))
