@@ -58,12 +58,12 @@ from lowbit.distill.section_training import (SectionJob, feature_rms, kd_loss, s
                                              train_sections)
 from lowbit.distill.sections import split, split_points, stitch
 from lowbit.errors import ConfigError
-from lowbit.nn import is_quantizer_param, quantize_, quantizers_with_aux_loss
+from lowbit.nn import finetune_quantized, quantize_
 from lowbit.nn.convert import quantizable_layers
 from lowbit.plan import LayerBits, Plan
 from lowbit.quant.registry import QuantizerSpec
 from lowbit.recipes import DCQ_SCALE
-from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, evaluate, fit
+from lowbit.train import QUIET, MetricsWriter, Reporter, evaluate
 
 __all__ = [  # the section-training names stay importable from here
     "FEATURE_LOSSES", "MODES", "SEED_STRIDE", "DCQConfig", "DCQResult", "SectionJob", "SectionResult",
@@ -135,12 +135,8 @@ def dcq_quantize(teacher: nn.Module | Sequence[nn.Module], train_loader, *, plan
         reporter.log(f"stitched: test accuracy {100 * result.accuracy:.2f}%")
     if config.finetune is not None and config.finetune.epochs > 0:
         torch.manual_seed(section_seed(config.seed, len(students)))
-        aux = quantizers_with_aux_loss(model)
-        terms = [LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux]).sum())] if aux else []
-        history = fit(model, train_loader, config.finetune, eval_loader=eval_loader, loss_terms=terms,
-                      callbacks=[lambda epoch, m: {"phase": "finetune"}], no_decay=is_quantizer_param,
-                      metrics=metrics, reporter=reporter).history
-        result.finetune_history = history
+        result.finetune_history = finetune_quantized(model, train_loader, config.finetune, eval_loader=eval_loader,
+                                                     metrics=metrics, reporter=reporter)
         if eval_loader is not None:
             result.accuracy = evaluate(model, eval_loader, config.finetune.device)[1]
             reporter.log(f"fine-tuned: test accuracy {100 * result.accuracy:.2f}%")

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.nn.convert import is_quantizer_param, quantize_, quantized_layers
+from lowbit.nn.convert import quantize_, quantized_layers
+from lowbit.nn.finetune import finetune_quantized
 from lowbit.plan import PIN_BITS, LayerBits, Plan, PlanEntry
 from lowbit.quant.bits import FLOAT_BITS
 from lowbit.quant.registry import QuantizerSpec
@@ -111,12 +112,7 @@ def waveq_quantize(net: nn.Module, train_loader: Batches, *, waveq: WaveQConfig 
     start = time.perf_counter()
     if finetune is not None and finetune.epochs > 0:
         reporter.log(f"quantized fine-tune at the learned plan: {finetune.epochs} epochs ({quantizer.name})")
-
-        def tag(epoch: int, m: nn.Module) -> dict[str, Any]:
-            return {"phase": "finetune"}
-
-        finetune_history = fit(net, train_loader, finetune, eval_loader=eval_loader, eval_name=eval_name,
-                               callbacks=[tag], no_decay=is_quantizer_param, metrics=metrics,
-                               reporter=reporter).history
+        finetune_history = finetune_quantized(net, train_loader, finetune, eval_loader=eval_loader,
+                                              eval_name=eval_name, metrics=metrics, reporter=reporter)
     return WaveQOutcome(net, bits, plan, method.beta(), alpha, history, finetune_history, waveq_wall,
                         time.perf_counter() - start, before)

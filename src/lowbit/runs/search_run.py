@@ -42,7 +42,7 @@ from lowbit.errors import CheckpointError, ConfigError, LowbitError, unknown_nam
 from lowbit.health import check_health
 from lowbit.io import atomic_write_text
 from lowbit.models import model_info
-from lowbit.nn import is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
+from lowbit.nn import finetune_quantized, layer_bits, quantize_
 from lowbit.plan import Plan
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
 from lowbit.recipes import QUANTIZED_FINETUNE, SEARCH_EVALUATION
@@ -59,7 +59,7 @@ from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, RewardConf
 from lowbit.search import greedy_search, random_search
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.space import Choices
-from lowbit.train import LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
+from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
 
 STRATEGIES = ("releq", "random", "greedy")
 POLICIES = ("mlp", "lstm")
@@ -243,16 +243,6 @@ def _write_search_metrics(path: Path, outcome: SearchOutcome, cached: set[str]) 
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-def _fine_tune(model: nn.Module, train: ArrayLoader, val: ArrayLoader, config: TrainConfig, seed: int,
-               metrics: MetricsWriter, reporter: Reporter) -> list[dict[str, Any]]:
-    torch.manual_seed(seed)
-    aux = quantizers_with_aux_loss(model)
-    terms = [LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux]).sum())] if aux else []
-    return fit(model, train, config, eval_loader=val, eval_name="val", loss_terms=terms,
-        callbacks=[lambda epoch, m: {"phase": "finetune"}], no_decay=is_quantizer_param, metrics=metrics,
-        reporter=reporter).history
-
-
 def _write_plots(run: RunFolder, outcome: SearchOutcome, space: SearchSpace, bits: dict[str, Any],
                  title: str) -> None:
     plots = run.file("plots")
@@ -359,8 +349,9 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     quantize_(model, plan, spec)
     metrics = MetricsWriter(run.metrics)
     try:
-        history = _fine_tune(model, train_loader, val_loader, options.finetune_config(), options.seed, metrics,
-                             reporter)
+        torch.manual_seed(options.seed)
+        history = finetune_quantized(model, train_loader, options.finetune_config(), eval_loader=val_loader,
+                                     eval_name="val", metrics=metrics, reporter=reporter)
     finally:
         metrics.close()
     accuracy = evaluate(model, test_loader, options.device)[1]

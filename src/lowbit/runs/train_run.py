@@ -21,7 +21,7 @@ from lowbit.data import ArrayLoader, list_datasets
 from lowbit.models import model_info
 from lowbit.errors import CheckpointError, ConfigError, unknown_name
 from lowbit.health import HealthWatch, check_health
-from lowbit.nn import has_batch_norm, is_quantizer_param, layer_bits, quantize_, quantizers_with_aux_loss
+from lowbit.nn import aux_loss_terms, has_batch_norm, is_quantizer_param, layer_bits, quantize_
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
@@ -35,7 +35,7 @@ from lowbit.runs.plots import write_weight_plot
 from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.runs.start import check_global_batch, start_model, train_loader
 from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
-from lowbit.train import QUIET, LossTerm, MetricsWriter, Reporter, TrainConfig, evaluate, fit
+from lowbit.train import QUIET, MetricsWriter, Reporter, TrainConfig, evaluate, fit
 from lowbit.train.distributed import DistInfo, barrier, cleanup, init_distributed
 
 
@@ -194,10 +194,7 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
     test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
     val_loader = (ArrayLoader(data.val, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
                   if data.val is not None else None)
-    terms = list(hooks.loss_terms(model))
-    aux_quantizers = quantizers_with_aux_loss(model)  # found once, not at every step
-    if aux_quantizers:
-        terms.append(LossTerm("quantizer_aux", lambda m: torch.stack([q.aux_loss() for q in aux_quantizers]).sum()))
+    terms = [*hooks.loss_terms(model), *aux_loss_terms(model)]
     metrics = MetricsWriter(run.metrics if info.is_main else None,
                             run.file("tensorboard") if options.tensorboard and info.is_main else None)
     if restart:
