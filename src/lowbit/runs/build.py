@@ -64,3 +64,11 @@ def load_model_and_data(model: str, dataset: str, data_dir: str | None = None, *
     model_info(model)
     data = load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction)
     return fit_model_to_data(model, data, width_mult)
+
+
+def check_data_fits(args: ModelArgs, data_args: ModelArgs, dataset: str) -> None:
+    """A model built elsewhere (a teacher's file) must fit the data it is used on."""
+    for what in ("num_classes", "in_channels", "input_size"):
+        if getattr(args, what) != getattr(data_args, what):
+            raise ConfigError(f"the teacher ({args.name}) was built for {what} {getattr(args, what)} but "
+                              f"{dataset} needs {getattr(data_args, what)}; train a teacher on {dataset}")

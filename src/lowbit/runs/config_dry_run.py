@@ -19,7 +19,7 @@ from lowbit.data.registry import DATASETS
 from lowbit.errors import ConfigError, DataError, unknown_name
 from lowbit.nn import has_batch_norm, layer_bits, quantizable_layers, quantize_
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
-from lowbit.runs.build import fit_model_to_data
+from lowbit.runs.build import check_data_fits, fit_model_to_data
 from lowbit.runs.config_run import Experiment, folder_present, validate_options
 from lowbit.runs.dcq_run import DcqOptions, sample_input
 from lowbit.runs.model_io import load_float_weights, load_model, resolve_model_file
@@ -205,7 +205,6 @@ def _dry_waveq(exp: Experiment) -> DryRun:
 
 def _dry_dcq(exp: Experiment) -> DryRun:
     from lowbit.distill import describe, make_students, split, split_points, stitch
-    from lowbit.runs.dcq_run import _check_data_fits
 
     o: DcqOptions = exp.options
     data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed)
@@ -215,7 +214,7 @@ def _dry_dcq(exp: Experiment) -> DryRun:
             raise ConfigError(f"teacher {o.teacher} is a quantized model ({spec.name}); "
                               "DCQ starts from a float teacher")
         data_args, data, fit_note = fit_model_to_data(args.name, data, args.width_mult)
-        _check_data_fits(args, data_args, o.dataset)
+        check_data_fits(args, data_args, o.dataset)
         init = f"float teacher from {o.teacher} (loaded)"
     else:
         if o.model is not None:

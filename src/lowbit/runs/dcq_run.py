@@ -28,7 +28,7 @@ from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS
-from lowbit.runs.build import ModelArgs, load_model_and_data
+from lowbit.runs.build import ModelArgs, check_data_fits, load_model_and_data
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import load_model, resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
@@ -148,13 +148,6 @@ def _load_teacher(path: str) -> tuple[torch.nn.Module, ModelArgs]:
     return model, args
 
 
-def _check_data_fits(args: ModelArgs, data_args: ModelArgs, dataset: str) -> None:
-    for what in ("num_classes", "in_channels", "input_size"):
-        if getattr(args, what) != getattr(data_args, what):
-            raise ConfigError(f"the teacher ({args.name}) was built for {what} {getattr(args, what)} but "
-                              f"{dataset} needs {getattr(data_args, what)}; train a teacher on {dataset}")
-
-
 def sample_input(args: ModelArgs) -> torch.Tensor:
     """One zero input of the model's shape (for MAC counts)."""
     spatial = 2 if model_info(args.name).kind == "image" else 1
@@ -180,7 +173,7 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
         teacher, args = _load_teacher(options.teacher)
         data_args, data, note = load_model_and_data(args.name, options.dataset, options.data_dir, seed=options.seed,
                                                     width_mult=args.width_mult)
-        _check_data_fits(args, data_args, options.dataset)
+        check_data_fits(args, data_args, options.dataset)
     else:
         args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir, seed=options.seed,
                                                width_mult=options.width_mult)
