@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.common import command_line, options_from_args
+from lowbit.cli.common import add_strict_flag, command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.distill import BALANCES, FEATURE_LOSSES, MODES
 from lowbit.models import list_models
@@ -65,8 +65,7 @@ def add_dcq_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for torch in the main process (workers use 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"))
     parser.add_argument("--out", help="run folder to write")
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help="exit with code 3 when the run fails its health checks (its folder is written)")
+    add_strict_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:

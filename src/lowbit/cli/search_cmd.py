@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.common import command_line, options_from_args
+from lowbit.cli.common import add_strict_flag, command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.errors import ConfigError
 from lowbit.models import list_models
@@ -77,8 +77,7 @@ def add_search_arguments(parser: argparse.ArgumentParser, strategy_flag: bool) -
     parser.add_argument("--out", help="run folder to write (default runs/MODEL-DATASET-STRATEGY-sSEED)")
     parser.add_argument("--resume", action="store_true", default=None,
                         help="continue the search in --out, reusing its evaluated plans")
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help="exit with code 3 when the final fine-tune fails its health checks (folder written)")
+    add_strict_flag(parser, "the final fine-tune")
 
 
 def run_search_cmd(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowbit.cli.common import command_line, options_from_args
+from lowbit.cli.common import add_strict_flag, command_line, options_from_args
 from lowbit.data import list_datasets
 from lowbit.models import list_models
 from lowbit.quant.registry import SCALE_CHOICES, list_quantizers
@@ -54,9 +54,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float,
                         help="hold out this share of the training split for validation (default 0)")
     parser.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars")
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help="exit with code 3 when the run fails its health checks (not learning, at chance, "
-                        "a layer on one level); the run folder is written either way")
+    add_strict_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:

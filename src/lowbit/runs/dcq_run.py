@@ -29,6 +29,7 @@ from lowbit.quant.bits import FLOAT_BITS, check_bits
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS
 from lowbit.runs.build import ModelArgs, check_data_fits, load_model_and_data
+from lowbit.runs.finish import finish_run
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import load_model, resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
@@ -239,9 +240,6 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
         "teacher_epochs": options.teacher_epochs if teacher_result is not None else None,
         "health": health.to_dict(),
     }
-    run.write_result(result)
-    reporter.log(f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] (float teacher {100 * fp_accuracy:.2f}%)  "
-                 f"avg bits {costs.avg_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
-    health.report(reporter, "the DCQ run")
-    health.enforce(options.strict, f"the DCQ run in {run.path}")
-    return result
+    return finish_run(run, result, health, reporter=reporter, what="the DCQ run", strict=options.strict,
+                      summary=f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] (float teacher "
+                      f"{100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  size {costs.size_bytes:,} B")

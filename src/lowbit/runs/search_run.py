@@ -49,6 +49,7 @@ from lowbit.recipes import QUANTIZED_FINETUNE, SEARCH_EVALUATION
 from lowbit.report.search_plots import plot_pareto, plot_plan_bits, plot_rewards
 from lowbit.runs.build import load_model_and_data
 from lowbit.runs.dcq_run import sample_input
+from lowbit.runs.finish import finish_run
 from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
@@ -374,9 +375,6 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
         "search": _search_summary(outcome, space, evaluator),
         "health": health.to_dict(),
     }
-    run.write_result(result)
-    reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/] (float {100 * fp_accuracy:.2f}%)  avg bits "
-                 f"{costs.avg_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
-    health.report(reporter, "the search's final fine-tune")
-    health.enforce(options.strict, f"the search's final fine-tune in {run.path}")
-    return result
+    return finish_run(run, result, health, reporter=reporter, what="the search's final fine-tune",
+                      strict=options.strict, summary=f"test accuracy [bold]{100 * accuracy:.2f}%[/] (float "
+                      f"{100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  size {costs.size_bytes:,} B")

@@ -28,6 +28,7 @@ from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
 from lowbit.recipes import Recipe, qat_recipe
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
+from lowbit.runs.finish import finish_run
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.hooks import MethodHooks
 from lowbit.runs.model_io import resolve_model_file, save_model
@@ -236,12 +237,9 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
         return result
     if plan is not None:
         write_weight_plot(model, run.path, f"{options.model} {method}: weights u(w) and quantizer levels")
-    run.write_result(result)
-    reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
-                 f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)  -> {run.path}")
-    health.report(reporter)
-    health.enforce(options.strict, f"the run in {run.path}")
-    return result
+    return finish_run(run, result, health, reporter=reporter, what="the run", strict=options.strict,
+                      summary=f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
+                      f"size {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)")
 
 
 def _check_train_config(run: RunFolder, hooks: MethodHooks) -> None:

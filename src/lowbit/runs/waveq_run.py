@@ -26,6 +26,7 @@ from lowbit.recipes import QUANTIZED_FINETUNE, WAVEQ_EPOCHS, WAVEQ_FINETUNE_EPOC
 from lowbit.reg.waveq import ROUNDINGS, WEIGHTINGS, WaveQ, WaveQConfig
 from lowbit.reg.waveq_method import waveq_quantize
 from lowbit.report.bits_plot import plot_beta_curves
+from lowbit.runs.finish import finish_run
 from lowbit.runs.folder import RunFolder
 from lowbit.runs.model_io import resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
@@ -179,9 +180,6 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
         result["world_size"] = info.world_size
     if not info.is_main:
         return result
-    run.write_result(result)
-    reporter.log(f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
-                 f"weighted bits {costs.weighted_bits:.2f}  size {costs.size_bytes:,} B  -> {run.path}")
-    health.report(reporter, "the WaveQ run")
-    health.enforce(options.strict, f"the WaveQ run in {run.path}")
-    return result
+    return finish_run(run, result, health, reporter=reporter, what="the WaveQ run", strict=options.strict,
+                      summary=f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits {costs.avg_bits:.2f}  "
+                      f"weighted bits {costs.weighted_bits:.2f}  size {costs.size_bytes:,} B")
