@@ -70,7 +70,7 @@ def test_levels_check_finds_a_layer_on_one_level():
     health = check_health(model, [], 3, accuracy=None)
     assert health.failed == ["levels"] and health.checks["levels"]["collapsed_layers"] == ["0", "4"]
     assert top_level_shares(model)["0"] == 1.0
-    # the default (auto) scale of WRPN is max|w| behind batch norm too: no collapse
+    # the default (auto) scale of WRPN behind batch norm is learned, started at max|w|: no collapse
     quantize_(model, Plan.uniform(2, first_last_bits=2), "wrpn")
     assert check_health(model, [], 3, accuracy=None).ok
 

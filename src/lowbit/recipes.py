@@ -74,7 +74,7 @@ _QAT: dict[tuple[str, bool, bool], Recipe] = {
     ("twn", False, False): Recipe("sgd", 0.05), ("twn", True, False): Recipe("adam", 1e-3),
     # batch norm (conv1d, ResNets, ...)
     ("dorefa", False, True): Recipe("sgd", 0.05), ("dorefa", True, True): Recipe("sgd", 0.01),
-    ("wrpn", False, True): Recipe("sgd", 0.01), ("wrpn", True, True): Recipe("sgd", 0.01),
+    ("wrpn", False, True): Recipe("sgd", 0.05, warmup_epochs=1.0), ("wrpn", True, True): Recipe("sgd", 0.01),
     ("pact", False, True): Recipe("sgd", 0.05, warmup_epochs=1.0), ("pact", True, True): Recipe("sgd", 0.01),
     ("lsq", False, True): Recipe("sgd", 0.05), ("lsq", True, True): Recipe("sgd", 0.01),
     ("twn", False, True): Recipe("sgd", 0.05), ("twn", True, True): Recipe("sgd", 0.01),
