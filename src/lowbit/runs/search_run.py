@@ -47,12 +47,12 @@ from lowbit.plan import Plan
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
 from lowbit.recipes import QUANTIZED_FINETUNE, SEARCH_EVALUATION
 from lowbit.report.search_plots import plot_pareto, plot_plan_bits, plot_rewards
-from lowbit.runs.build import load_model_and_data
 from lowbit.runs.dcq_run import sample_input
 from lowbit.runs.finish import finish_run
 from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file, save_model
 from lowbit.runs.result_fields import model_fields, record_fields
+from lowbit.runs.start import start_model
 from lowbit.runs.search_setup import LoggedEvaluator, evaluator_loaders, parse_bits
 from lowbit.search.budget import remaining_budget
 from lowbit.runs.train_run import TrainOptions, run_train
@@ -292,19 +292,12 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     run = RunFolder(options.out or options.default_out())
     _check_folder(run, options.resume)
     start = time.perf_counter()
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-    args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir, seed=options.seed,
-                                           val_fraction=options.val_fraction)
-    reporter.log(f"[bold]{options.model}[/] on [bold]{data.name}[/]: {data.description}")
-    reporter.log(note)
-    net = args.build()
+    args, data, net, _ = start_model(options.model, options.dataset, options.data_dir, seed=options.seed,
+                                     threads=options.threads, init=options.init, reporter=reporter,
+                                     val_fraction=options.val_fraction)
     space = SearchSpace.from_model(net, options.bits(), options.pin_first_last, options.search_acts, options.acts())
     spec = options.spec()
     _check_quantizer(net, space, spec)
-    if options.init is not None:
-        load_float_weights(net, options.init)
     ppo = _ppo_settings(options)
 
     if not options.resume:
