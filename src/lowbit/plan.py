@@ -143,14 +143,15 @@ class Plan:
                 f"plan entr{'y' if len(unmatched) == 1 else 'ies'} {', '.join(map(repr, unmatched))} "
                 f"match{'es' if len(unmatched) == 1 else ''} no layer{hints}; layers are: {', '.join(names)}"
             )
-        return {name: LayerBits(self._field(name, i, names, "weight"), self._field(name, i, names, "act"))
+        pinned = pinned_layers(names, self.first_last is not None)
+        return {name: LayerBits(self._field(name, i, pinned, "weight"), self._field(name, i, pinned, "act"))
                 for i, name in enumerate(names)}
 
-    def _field(self, name: str, index: int, names: list[str], what: str) -> int:
+    def _field(self, name: str, index: int, pinned: set[str], what: str) -> int:
         for entry in self.entries:
             if not entry.is_glob and entry.pattern == name and getattr(entry, what) is not None:
                 return getattr(entry, what)
-        if self.first_last is not None and name in pinned_layers(names):
+        if name in pinned:
             if index == 0 and what == "act":
                 return FLOAT_BITS  # the network input stays float
             return getattr(self.first_last, what)
