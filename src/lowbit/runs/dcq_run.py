@@ -238,7 +238,6 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
         "sections_wall_s": outcome.sections_wall_s, "sections": sections,
         "teacher": options.teacher if options.teacher is not None else str(run.file(TEACHER_DIR)),
         "teacher_epochs": options.teacher_epochs if teacher_result is not None else None,
-        "health": health.to_dict(),
     }
     return finish_run(run, result, health, reporter=reporter, what="the DCQ run", strict=options.strict,
                       summary=f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] (float teacher "

@@ -13,7 +13,8 @@ from lowbit.train import Reporter
 
 def finish_run(run: RunFolder, result: dict[str, Any], health: Health, *, reporter: Reporter, summary: str,
                what: str, strict: bool) -> dict[str, Any]:
-    """Write ``result`` (it holds ``health.to_dict()``), log ``summary -> folder``, report and enforce health."""
+    """Add ``health`` to ``result``, write it, log ``summary -> folder``, report and enforce health."""
+    result["health"] = health.to_dict()
     run.write_result(result)
     reporter.log(f"{summary}  -> {run.path}")
     health.report(reporter, what)

@@ -366,7 +366,6 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
         "init": options.init if options.init is not None else str(run.file(FLOAT_DIR)),
         "finetune_epochs": options.finetune_epochs, "finetune_lr": options.finetune_lr,
         "search": _search_summary(outcome, space, evaluator),
-        "health": health.to_dict(),
     }
     return finish_run(run, result, health, reporter=reporter, what="the search's final fine-tune",
                       strict=options.strict, summary=f"test accuracy [bold]{100 * accuracy:.2f}%[/] (float "

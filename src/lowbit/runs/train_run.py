@@ -229,7 +229,6 @@ def _run_train(options: TrainOptions, hooks: MethodHooks | None, reporter: Repor
         "accuracy": accuracy, "val_accuracy": val_accuracy, "fp_accuracy": accuracy if plan is None else fp_accuracy,
         **model_fields(model),
         **hooks.result_fields(model),
-        "health": health.to_dict(),
     }
     if info.world_size > 1:
         result["world_size"] = info.world_size

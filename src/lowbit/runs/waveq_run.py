@@ -174,7 +174,6 @@ def _run_waveq(options: WaveQOptions, reporter: Reporter | None, command: str | 
                   "epochs": options.epochs, "finetune_epochs": options.finetune_epochs,
                   "waveq_wall_s": outcome.waveq_wall_s, "finetune_wall_s": outcome.finetune_wall_s,
                   "accuracy_before_finetune": outcome.accuracy_before_finetune},
-        "health": health.to_dict(),
     }
     if info.world_size > 1:
         result["world_size"] = info.world_size

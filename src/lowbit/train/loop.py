@@ -240,7 +240,10 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
                     if config.grad_clip is not None:
                         scaler.unscale_(optimizer)
                         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    with _warmed_up(optimizer, warmup_factor(step, warmup_steps)):
+                    if step < warmup_steps:  # the context only while warming up: nothing extra afterwards
+                        with _warmed_up(optimizer, warmup_factor(step, warmup_steps)):
+                            scaler.step(optimizer)
+                    else:
                         scaler.step(optimizer)
                     scaler.update()
                     for step_callback in step_callbacks:
@@ -307,9 +310,6 @@ def fit(model: nn.Module, train_loader: Sequence, config: TrainConfig, *,
 @contextmanager
 def _warmed_up(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
     """The scheduled LR times ``factor`` for one optimizer step (the schedule's own state untouched)."""
-    if factor == 1.0:
-        yield
-        return
     scheduled = [group["lr"] for group in optimizer.param_groups]
     for group, lr in zip(optimizer.param_groups, scheduled):
         group["lr"] = lr * factor
