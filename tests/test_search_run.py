@@ -10,7 +10,7 @@ import pytest
 
 from lowbit.cli.main import main
 from lowbit.data import load_dataset
-from lowbit.runs.search_setup import evaluator_loaders
+from lowbit.search.setup import evaluator_loaders
 
 TINY = ["--max-evals", "4", "--eval-steps", "5", "--eval-train-size", "200", "--finetune-epochs", "1",
         "--quiet", "--threads", "1"]
@@ -165,7 +165,7 @@ def test_evaluator_data_is_held_out_from_train_never_test() -> None:
 
 def test_the_agent_sees_the_float_weights_std(tmp_path, float_run, monkeypatch) -> None:
     """The observation's weight-std feature comes from the --init weights, not a fresh initialisation."""
-    import lowbit.runs.search_run as search_run
+    import lowbit.search.strategies as search_run
     from lowbit.runs.model_io import load_model
 
     seen = []

@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 
 import lowbit.runs.folder as folder_module
-import lowbit.runs.start as run_start_module
+import lowbit.runs.lifecycle as run_start_module
 from lowbit.cli.main import main
 from lowbit.data import load_dataset
 from lowbit.errors import CheckpointError, DataError

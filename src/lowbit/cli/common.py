@@ -12,13 +12,6 @@ from lowbit.runs.folder import CONFIG_FILE
 from lowbit.runs.train_run import TrainOptions
 
 
-def add_strict_flag(parser: argparse.ArgumentParser, what: str = "the run") -> None:
-    """``--strict``: a run that fails its health checks (lowbit.health) exits with code 3."""
-    parser.add_argument("--strict", action="store_true", default=None,
-                        help=f"exit with code 3 when {what} fails its health checks (not learning, at chance, a "
-                        "layer on one level); the run folder is written either way")
-
-
 def options_from_args(args: argparse.Namespace, cls: type = TrainOptions):
     """``cls`` from ``--config``, then (with ``--resume``) the run folder's config.yaml, then the flags."""
     layers = []

@@ -100,3 +100,21 @@ def plot_pareto(points: Sequence[tuple[float, float]], front: Sequence[tuple[flo
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "accuracy vs bits")
     return _save(fig, path)
+
+
+def write_search_plots(plots: Path, outcome: Any, space: Any, bits: Mapping[str, Any], title: str) -> None:
+    """A search's rewards.png (per episode for ReLeQ, else per evaluated plan), bits.png (the best
+    plan, pinned layers marked) and pareto.png (evaluated plans, front and best) under ``plots``."""
+    episodes = outcome.settings.get("episode_rewards")
+    if outcome.strategy == "releq" and episodes is not None:
+        plot_rewards(episodes, plots / "rewards.png", f"{title}: reward per episode")
+    else:
+        plot_rewards([r.reward for r in outcome.records], plots / "rewards.png",
+                     f"{title}: reward per evaluated plan", xlabel="evaluated plan")
+    pinned = [n for n in space.layer_names if n not in space.searched_names]
+    plot_plan_bits({n: b.weight for n, b in bits.items()}, plots / "bits.png", f"{title}: best plan",
+                   act_bits={n: b.act for n, b in bits.items()} if space.search_acts else None, pinned=pinned)
+    best = outcome.best
+    plot_pareto([(r.avg_bits, r.accuracy) for r in outcome.records], [(r.avg_bits, r.accuracy) for r in outcome.pareto],
+                plots / "pareto.png", f"{title}: evaluated plans",
+                best=None if best is None else (best.avg_bits, best.accuracy))

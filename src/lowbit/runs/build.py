@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from lowbit.data import DatasetSplits, load_dataset, resize_splits
@@ -30,6 +31,11 @@ class ModelArgs:
     def build(self) -> nn.Module:
         return create_model(self.name, num_classes=self.num_classes, in_channels=self.in_channels,
                             input_size=self.input_size, width_mult=self.width_mult)
+
+    def sample_input(self) -> torch.Tensor:
+        """One zero input of the model's shape (for MAC counts and split probes)."""
+        spatial = 2 if model_info(self.name).kind == "image" else 1
+        return torch.zeros(1, self.in_channels, *([self.input_size] * spatial))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "num_classes": self.num_classes, "in_channels": self.in_channels,

@@ -18,12 +18,13 @@ from lowbit.data.files import resolve_data_dir
 from lowbit.data.registry import DATASETS
 from lowbit.errors import ConfigError, DataError, unknown_name
 from lowbit.nn import has_batch_norm, layer_bits, quantizable_layers, quantize_
-from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
-from lowbit.runs.build import check_data_fits, fit_model_to_data
+from lowbit.quant.registry import QuantizerSpec
+from lowbit.runs.build import check_data_fits
 from lowbit.runs.config_run import Experiment, folder_present, validate_options
-from lowbit.runs.dcq_run import DcqOptions, sample_input
-from lowbit.runs.model_io import load_float_weights, load_model, resolve_model_file
-from lowbit.runs.search_run import SearchOptions
+from lowbit.runs.dcq_run import DcqOptions, cut_teacher
+from lowbit.runs.lifecycle import StartedRun, start_run
+from lowbit.runs.model_io import float_model_args, load_float_weights, resolve_model_file
+from lowbit.runs.search_run import SearchOptions, check_search
 from lowbit.runs.train_run import TrainOptions
 from lowbit.runs.waveq_run import WaveQOptions
 from lowbit.train import QUIET, Reporter
@@ -88,12 +89,23 @@ def _forward(model: nn.Module, x: torch.Tensor, classes: int) -> None:
         raise ConfigError("the built model gives non-finite outputs on the sample batch")
 
 
-def _init_note(net: nn.Module, exp: Experiment, what: str = "float weights") -> str:
+def _start(exp: Experiment, *, val_fraction: float = 0.0, model: str | None = None, width_mult: float = 1.0,
+           load_start: bool = True) -> tuple[StartedRun, str | None, str]:
+    """The run's own start (``lowbit.runs.lifecycle.start_run``) on the real data or a stand-in,
+    with the float weights it starts from when they are here: (started, stand-in reason, init note)."""
+    o = exp.options
+    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed, val_fraction)
+    present = load_start and folder_present(exp.start)
+    started = start_run(o, QUIET, None, dry_run=True, data=data, model=model, width_mult=width_mult,
+                        init=exp.start if present else None)
+    return started, stand_in, _init_note(exp, present)
+
+
+def _init_note(exp: Experiment, present: bool, what: str = "float weights") -> str:
     start = exp.start
     if start is None:
         return "from random init"
-    if folder_present(start):
-        load_float_weights(net, start)
+    if present:
         return f"{what} from {start} (loaded)"
     made_by = f", written by `lowbit run {exp.requires.source}`" if exp.requires is not None else ""
     return f"{what} from {start} (not there yet{made_by}; random weights stand in for the dry run)"
@@ -134,40 +146,33 @@ def dry_run(exp: Experiment, reporter: Reporter = QUIET) -> DryRun:
     return result
 
 
-def _data_text(data: DatasetSplits, stand_in: str | None, fit_note: str) -> str:
+def _data_text(started: StartedRun, stand_in: str | None) -> str:
+    data = started.data
     text = f"STAND-IN DATA: {stand_in}" if stand_in else f"data {data.name}: {data.description}"
-    return f"{text}; {fit_note}"
+    return f"{text}; {started.fit_note}"
 
 
 def _dry_train(exp: Experiment) -> DryRun:
     o: TrainOptions = exp.options
-    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed, o.val_fraction)
-    args, data, fit_note = fit_model_to_data(o.model, data, o.width_mult)
-    net = args.build()
-    init = _init_note(net, exp)
-    plan = o.build_plan()
-    details: dict[str, Any] = {"model_args": args.to_dict()}
+    started, stand_in, init = _start(exp, val_fraction=o.val_fraction, width_mult=o.width_mult)
+    net, data = started.model, started.data
+    _, plan = o.quantize(net)  # the run's own quantization
+    details: dict[str, Any] = {"model_args": started.args.to_dict()}
     if plan is None:
         method = "float training"
     else:
-        spec = QuantizerSpec(o.quantizer, scale=o.scale)
-        quantize_(net, plan, spec)
         costs = model_costs(net)
         method = (f"{o.quantizer} QAT (scale {o.scale}), {_bits_text(net)}; average bits {costs.avg_bits:.2f}, "
                   f"packed {costs.size_bytes:,} B ({costs.compression:.1f}x smaller than float)")
         details.update(avg_bits=costs.avg_bits, size_bytes=costs.size_bytes)
         if o.sinreq is not None:
-            from lowbit.runs.sinreq_hooks import quantized_run_hooks
-
-            terms = quantized_run_hooks(o.sinreq, o.sinreq_schedule, o.sinreq_domain, o.sinreq_mode,
-                                        o.sinreq_train_quantizer).loss_terms(net)
-            penalty = float(sum(float(t.fn(net).detach()) for t in terms))
+            penalty = float(sum(float(t.fn(net).detach()) for t in o.hooks(None).loss_terms(net)))
             method += (f"; SinReQ λ={o.sinreq:g} ({o.sinreq_schedule}, {o.sinreq_domain} domain, "
                        f"{o.sinreq_mode} mode), penalty {penalty:.4f} at the start")
             details["sinreq_penalty"] = penalty
     _forward(net, _batch(data), data.num_classes)
     recipe = o.recipe(batch_norm=has_batch_norm(net))
-    summary = (f"{o.model} ({_params(net):,} parameters) {init}; {_data_text(data, stand_in, fit_note)}. "
+    summary = (f"{o.model} ({_params(net):,} parameters) {init}; {_data_text(started, stand_in)}. "
                f"Method: {method}. Schedule: {o.epochs} epochs, {recipe.describe()} ({o.schedule}), "
                f"batch {o.batch_size}, weight decay {o.weight_decay:g}, seed {o.seed}"
                f"{f', validation share {o.val_fraction:g}' if o.val_fraction else ''}.")
@@ -178,19 +183,15 @@ def _dry_waveq(exp: Experiment) -> DryRun:
     from lowbit.reg.waveq import WaveQ
 
     o: WaveQOptions = exp.options
-    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed)
-    args, data, fit_note = fit_model_to_data(o.model, data)
-    net = args.build()
-    init = _init_note(net, exp)
+    started, stand_in, init = _start(exp)
+    net, data = started.model, started.data
     config = o.waveq_config()
-    waveq = WaveQ(net, config)
-    QuantizerSpec(o.quantizer, scale=o.scale)  # the fine-tune's quantizer
-    model = waveq.wrap()
-    _forward(model, _batch(data), data.num_classes)
+    waveq = WaveQ(net, config)  # the run's own check of the layers and the budget
+    _forward(waveq.wrap(), _batch(data), data.num_classes)
     penalty, pressure = float(waveq.penalty().detach()), float(waveq.bit_pressure().detach())
     bits = ("the paper's sum of bits" if config.budget is None
             else f"a budget of {config.budget:g} average bits ({config.weighting})")
-    summary = (f"{o.model} ({_params(net):,} parameters) {init}; {_data_text(data, stand_in, fit_note)}. "
+    summary = (f"{o.model} ({_params(net):,} parameters) {init}; {_data_text(started, stand_in)}. "
                f"Method: WaveQ learns bits β (start {config.beta_init:g}, range {config.bits_min:g}-"
                f"{config.bits_max:g}, {config.rounding}) and scale α for {len(waveq.names)} layers "
                f"({len(waveq.pinned)} pinned at {config.pin_bits}: {', '.join(waveq.pinned)}), {o.quantizer} level "
@@ -203,36 +204,36 @@ def _dry_waveq(exp: Experiment) -> DryRun:
                                                                "pinned": list(waveq.pinned)})
 
 
+def _dcq_teacher(exp: Experiment) -> tuple[str, float, Any, str]:
+    """(model name, width, the teacher's stored architecture or None, init note) of a DCQ dry run."""
+    o: DcqOptions = exp.options
+    if o.teacher is not None and folder_present(o.teacher):
+        args = float_model_args(o.teacher, "teacher")
+        return args.name, args.width_mult, args, f"float teacher from {o.teacher} (loaded)"
+    if o.model is not None:
+        return (o.model, o.width_mult, None,
+                f"float teacher trained first ({o.teacher_epochs} epochs, into OUT/teacher; random weights here)")
+    if exp.requires is not None:
+        return (exp.requires.options.model, exp.requires.options.width_mult, None,
+                f"float teacher from {o.teacher} (not there yet, written by `lowbit run {exp.requires.source}`; "
+                "random weights stand in for the dry run)")
+    resolve_model_file(o.teacher)  # raises: missing, and nothing says which model it is
+    raise AssertionError("unreachable")
+
+
 def _dry_dcq(exp: Experiment) -> DryRun:
-    from lowbit.distill import describe, make_students, split, split_points, stitch
+    from lowbit.distill import describe, make_students, split_points, stitch
 
     o: DcqOptions = exp.options
-    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed)
-    if o.teacher is not None and folder_present(o.teacher):
-        teacher, args, spec, _ = load_model(o.teacher)
-        if spec is not None and spec.name != NO_QUANTIZER:
-            raise ConfigError(f"teacher {o.teacher} is a quantized model ({spec.name}); "
-                              "DCQ starts from a float teacher")
-        data_args, data, fit_note = fit_model_to_data(args.name, data, args.width_mult)
-        check_data_fits(args, data_args, o.dataset)
-        init = f"float teacher from {o.teacher} (loaded)"
-    else:
-        if o.model is not None:
-            name, width = o.model, o.width_mult
-            init = f"float teacher trained first ({o.teacher_epochs} epochs, into OUT/teacher; random weights here)"
-        elif exp.requires is not None:
-            name, width = exp.requires.options.model, exp.requires.options.width_mult
-            init = (f"float teacher from {o.teacher} (not there yet, written by `lowbit run {exp.requires.source}`; "
-                    "random weights stand in for the dry run)")
-        else:
-            resolve_model_file(o.teacher)  # raises: missing, and nothing says which model it is
-            raise AssertionError("unreachable")
-        args, data, fit_note = fit_model_to_data(name, data, width)
-        teacher = args.build()
-    at = o.split_points() if o.split_at is not None else None
-    sections = split(teacher, at, sections=o.sections, balance=o.balance, sample_input=sample_input(args))
-    spec = QuantizerSpec(o.quantizer, scale=o.scale)
-    students, _ = make_students(sections, o.build_plan(), spec)
+    name, width, stored, init = _dcq_teacher(exp)
+    started, stand_in, _ = _start(exp, model=name, width_mult=width, load_start=False)
+    teacher, data = started.model, started.data
+    if stored is not None:
+        check_data_fits(stored, started.args, o.dataset)
+        load_float_weights(teacher, o.teacher)
+    spec, plan = QuantizerSpec(o.quantizer, scale=o.scale), o.build_plan()
+    sections = cut_teacher(o, teacher, started.args, spec, plan)  # the run's own cut and checks
+    students, _ = make_students(sections, plan, spec)
     student = stitch(students)
     _forward(student, _batch(data), data.num_classes)
     config = o.dcq_config()
@@ -240,7 +241,7 @@ def _dry_dcq(exp: Experiment) -> DryRun:
     parts = ", ".join(f"{label} ({_params(s):,} params)" for label, s in zip(labels, sections))
     costs = model_costs(student)
     finetune = f", then {o.finetune_epochs} end-to-end fine-tune epochs" if o.finetune_epochs else ""
-    summary = (f"{args.name} ({_params(teacher):,} parameters) {init}; {_data_text(data, stand_in, fit_note)}. "
+    summary = (f"{name} ({_params(teacher):,} parameters) {init}; {_data_text(started, stand_in)}. "
                f"Method: DCQ cuts the teacher into {len(sections)} sections ({parts}; cut before "
                f"{', '.join(split_points(sections)) or 'nothing'}), each a {o.quantizer} student (scale {o.scale}), "
                f"{_bits_text(student)}; average bits {costs.avg_bits:.2f}, packed {costs.size_bytes:,} B; "
@@ -251,26 +252,13 @@ def _dry_dcq(exp: Experiment) -> DryRun:
 
 
 def _dry_search(exp: Experiment) -> DryRun:
-    from lowbit.search import SearchSpace
-
     o: SearchOptions = exp.options
-    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed, o.val_fraction)
-    args, data, fit_note = fit_model_to_data(o.model, data)
-    net = args.build()
+    started, stand_in, init = _start(exp, val_fraction=o.val_fraction)
+    net, data = started.model, started.data
     if o.init is None:
         init = f"float model trained first ({o.float_epochs} epochs into OUT/float, on train minus validation)"
-    else:
-        init = _init_note(net, exp)
-    space = SearchSpace.from_model(net, o.bits(), o.pin_first_last, o.search_acts, o.acts())
-    spec = o.spec()
-    for w in sorted({min(space.bit_choices), max(space.bit_choices)}):  # the quantizer takes the extremes
-        quantize_(copy.deepcopy(net), space.to_plan(space.uniform(w)), spec)
-    for a in sorted({min(space.act_choices), max(space.act_choices)}) if space.act_choices else ():
-        quantize_(copy.deepcopy(net), space.to_plan(space.uniform(act=a)), spec)
-    if o.strategy == "releq":
-        from lowbit.search.releq import PPOSettings
-
-        PPOSettings(policy=o.policy)
+    check_search(o, net)  # the run's own checks: every bit choice quantizes, the agent's settings hold
+    space, spec = o.space(net), o.spec()
     probe = copy.deepcopy(net)
     quantize_(probe, space.to_plan(space.uniform(max(space.bit_choices))), spec)
     _forward(probe, _batch(data), data.num_classes)
@@ -279,7 +267,7 @@ def _dry_search(exp: Experiment) -> DryRun:
                                    f"{o.time_limit:g} s" if o.time_limit else "") if x)
     val = len(data.val) if data.val is not None else 0
     agent = f" ({o.policy} PPO policy)" if o.strategy == "releq" else ""
-    summary = (f"{o.model} ({_params(net):,} parameters), {init}; {_data_text(data, stand_in, fit_note)}. "
+    summary = (f"{o.model} ({_params(net):,} parameters), {init}; {_data_text(started, stand_in)}. "
                f"Method: {o.strategy} search{agent} ")
     summary += (f"over {space.n_searched} of {len(space.layers)} layers"
                 f"{' (first/last pinned at ' + str(space.pin_bits) + ')' if o.pin_first_last else ''}, "

@@ -11,116 +11,94 @@ epochs), result.json, plan.json and model.ckpt (the stitched quantized network, 
 from __future__ import annotations
 
 import copy
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from lowbit.costs import model_costs
-from lowbit.data import ArrayLoader, list_datasets
-from lowbit.distill import BALANCES, DCQConfig, dcq_quantize, split, split_points
-from lowbit.errors import ConfigError, did_you_mean, unknown_name
+from lowbit.distill import BALANCES, FEATURE_LOSSES, MODES, DCQConfig, dcq_quantize, split, split_points
+from lowbit.errors import ConfigError, did_you_mean
 from lowbit.health import check_health
-from lowbit.models import model_info
+from lowbit.models import list_models
 from lowbit.nn import quantize_
 from lowbit.plan import Plan
-from lowbit.quant.bits import FLOAT_BITS, check_bits
-from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec, list_quantizers
-from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS
-from lowbit.runs.build import ModelArgs, check_data_fits, load_model_and_data
-from lowbit.runs.finish import finish_run
-from lowbit.runs.folder import RunFolder
-from lowbit.runs.model_io import load_model, resolve_model_file, save_model
-from lowbit.runs.result_fields import model_fields, record_fields
-from lowbit.runs.train_run import TrainOptions, run_train
+from lowbit.quant.registry import SCALE_CHOICES, QuantizerSpec
+from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS, OPTIMIZER_LR
+from lowbit.runs.build import ModelArgs, check_data_fits
+from lowbit.runs.lifecycle import start_run
+from lowbit.runs.model_io import float_model_args, load_float_weights, save_model
+from lowbit.runs.options import RunOptions, check_plan_flags, option, plan_from, quantizer_names
+from lowbit.runs.train_run import float_run_options, run_train
 from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
+from lowbit.train.config import OPTIMIZERS, SCHEDULES
 
 TEACHER_DIR = "teacher"
 
 
 @dataclass
-class DcqOptions:
-    teacher: str | None = None  # a float run folder or model file
-    model: str | None = None  # or a zoo model whose float teacher is trained first
-    dataset: str = "digits"
-    data_dir: str | None = None
-    sections: int | None = None
-    split_at: str | None = None  # comma-separated child names starting sections 2..K
-    balance: str = "params"
-    quantizer: str = "dorefa"
-    wbits: int | None = None
-    abits: int | None = None
-    scale: str = DCQ_SCALE  # DCQ's choice: sections must match feature magnitudes (lowbit.distill.dcq)
-    plan: str | None = None
-    mode: str = "independent"
-    loss: str = "mse"
-    workers: int = 1
-    epochs: int = 10  # per section
-    finetune_epochs: int = 0
-    finetune_lr: float | None = None  # default: the sections' lr
-    teacher_epochs: int = 10  # float teacher training (with --model)
-    teacher_lr: float | None = None  # default: lowbit train's
-    batch_size: int = 64
-    lr: float | None = None  # sections: the recipe's (lowbit.recipes.DCQ_SECTIONS)
-    optimizer: str | None = None  # None: the recipe's
-    schedule: str = "cosine"
-    weight_decay: float = 5e-4
-    kd_weight: float = 0.0
-    kd_temperature: float = 4.0
-    feature_cache: str | None = None  # folder for memory-mapped teacher features (default: on the fly)
-    feature_norm: bool = True  # feature losses in units of the teacher features' RMS (lowbit.distill.dcq)
-    width_mult: float = 1.0  # with --model
-    seed: int = 0
-    threads: int | None = None
-    device: str = "cpu"
-    out: str | None = None
-    strict: bool = False  # exit non-zero when the run fails its health checks (lowbit.health)
+class DcqOptions(RunOptions):
+    teacher: str | None = option(None, "float teacher: a run folder or a model file")
+    model: str | None = option(None, "instead of --teacher: train this zoo model in float first",
+                               choices=list_models)
+    sections: int | None = option(None, "cut into K sections automatically", low=1, metavar="K")
+    split_at: str | None = option(None, "instead of --sections: top-level child names that start sections 2..K",
+                                  metavar="A,B,...")
+    balance: str = option("params", "automatic split balances", choices=BALANCES)
+    wbits: int | None = option(None, "weight bits 1..8 (first/last layers stay 8)")
+    abits: int | None = option(None, "activation bits 1..8 or 32", default_text=32)
+    scale: str = option(DCQ_SCALE, "weight output scale (a section must match the teacher's feature magnitudes; "
+                        "auto = lowbit train's default)", choices=SCALE_CHOICES)
+    plan: str | None = option(None, "plan JSON file (per-layer bits); instead of --wbits/--abits")
+    mode: str = option("independent", "section inputs from the teacher (independent, the paper) or from the "
+                       "already trained student sections (sequential)", choices=lambda: MODES)
+    loss: str = option("mse", "feature loss", choices=lambda: tuple(FEATURE_LOSSES))  # DCQConfig checks
+    workers: int = option(1, "train sections in N processes (independent mode; workers use 1 thread)", low=1,
+                          metavar="N")
+    epochs: int = option(10, "epochs per section", low=0)
+    finetune_epochs: int = option(0, "end-to-end quantized fine-tune after stitching", low=0)
+    finetune_lr: float | None = option(None, "fine-tune learning rate", default_text="the sections'")
+    teacher_epochs: int = option(10, "float teacher epochs with --model", low=0)
+    teacher_lr: float | None = option(None, "float teacher learning rate with --model",
+                                      default_text="lowbit train's")
+    lr: float | None = option(None, "section learning rate", default_text=f"{DCQ_SECTIONS.describe()}; "
+                              f"{OPTIMIZER_LR['adam']:g} with --optimizer adam")
+    optimizer: str | None = option(None, "optimizer", choices=OPTIMIZERS, default_text=DCQ_SECTIONS.optimizer)
+    schedule: str = option("cosine", "LR schedule", choices=SCHEDULES)
+    weight_decay: float = option(5e-4, "weight decay")
+    kd_weight: float = option(0.0, "logit distillation weight on the last section")
+    kd_temperature: float = option(4.0, "logit distillation temperature")
+    feature_cache: str | None = option(None, "cache the teacher features in DIR (memory-mapped, reused when they "
+                                       "match)", metavar="DIR", default_text="computed on the fly")
+    feature_norm: bool = option(True, "feature losses in units of the teacher features' RMS at each boundary "
+                                "(--no-feature-norm: the plain loss)")
+    width_mult: float = option(1.0, "widen the model (with --model)")
 
     def validate(self) -> None:
         if (self.teacher is None) == (self.model is None):
             raise ConfigError("give either --teacher RUN_DIR_OR_CHECKPOINT or --model NAME (trains the float "
                               "teacher first), not both" if self.teacher else
                               "give --teacher RUN_DIR_OR_CHECKPOINT or --model NAME (trains the float teacher first)")
-        if self.model is not None:
-            model_info(self.model)
-        if self.dataset not in list_datasets():
-            raise unknown_name("dataset", self.dataset, list_datasets())
+        super().validate()
         if (self.sections is None) == (self.split_at is None):
             raise ConfigError("give either --sections K or --split-at NAME,NAME,... (not both)" if self.sections
                               else "give --sections K or --split-at NAME,NAME,... to say where to cut the teacher")
         if self.split_at is not None and not self.split_points():
             raise ConfigError("--split-at needs at least one child name")
-        for name, low in (("sections", 1), ("workers", 1), ("epochs", 0), ("finetune_epochs", 0),
-                          ("teacher_epochs", 0), ("batch_size", 1), ("seed", 0), ("threads", 1)):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.balance not in BALANCES:
-            raise ConfigError(f"unknown balance {self.balance!r}{did_you_mean(self.balance, BALANCES)}; "
-                              f"choose one of {', '.join(BALANCES)}")
-        if self.quantizer == NO_QUANTIZER or self.quantizer not in list_quantizers():
-            choices = [q for q in list_quantizers() if q != NO_QUANTIZER]
-            raise ConfigError(f"DCQ needs a quantizer: {self.quantizer!r} is not one of {', '.join(choices)}"
-                              f"{did_you_mean(self.quantizer, choices)}")
-        if self.plan is not None and (self.wbits is not None or self.abits is not None):
-            raise ConfigError("give either --plan or --wbits/--abits, not both")
+        if self.quantizer not in quantizer_names():
+            raise ConfigError(f"DCQ needs a quantizer: {self.quantizer!r} is not one of "
+                              f"{', '.join(quantizer_names())}{did_you_mean(self.quantizer, quantizer_names())}")
+        check_plan_flags(self.plan, self.wbits, self.abits)
         if self.plan is None and self.wbits is None:
             raise ConfigError("give the weight bits (--wbits K) or a plan (--plan FILE)")
-        for flag, bits in (("--wbits", self.wbits), ("--abits", self.abits)):
-            if bits is not None:
-                check_bits(bits, None, what=f"{flag} value")
         self.dcq_config()  # mode, loss, workers, kd and training values
 
     def split_points(self) -> list[str]:
         return [p.strip() for p in (self.split_at or "").split(",") if p.strip()]
 
     def build_plan(self) -> Plan:
-        if self.plan is not None:
-            return Plan.load(self.plan)
-        return Plan.uniform(self.wbits, self.abits if self.abits is not None else FLOAT_BITS)
+        return plan_from(self.plan, self.wbits, self.abits)
 
     def _train_config(self, epochs: int, lr: float | None) -> TrainConfig:
         return DCQ_SECTIONS.resolve(self.optimizer, lr).train_config(
@@ -142,103 +120,66 @@ class DcqOptions:
         return f"runs/{name}-{self.dataset}-{self.method_name()}-w{self.wbits or 'plan'}-s{self.seed}"
 
 
-def _load_teacher(path: str) -> tuple[torch.nn.Module, ModelArgs]:
-    model, args, spec, _ = load_model(path)
-    if spec is not None and spec.name != NO_QUANTIZER:
-        raise ConfigError(f"--teacher {path} is a quantized model ({spec.name}); DCQ starts from a float teacher")
-    return model, args
-
-
-def sample_input(args: ModelArgs) -> torch.Tensor:
-    """One zero input of the model's shape (for MAC counts)."""
-    spatial = 2 if model_info(args.name).kind == "image" else 1
-    return torch.zeros(1, args.in_channels, *([args.input_size] * spatial))
+def cut_teacher(options: DcqOptions, teacher: nn.Module, args: ModelArgs, spec: QuantizerSpec,
+                plan: Plan) -> list[nn.Module]:
+    """The teacher's sections as the options say, with every user error (split names, plan entries,
+    bits the quantizer rejects) raised before any training."""
+    at = options.split_points() if options.split_at is not None else None
+    sections = split(teacher, at, sections=options.sections, balance=options.balance,
+                     sample_input=args.sample_input())
+    quantize_(copy.deepcopy(teacher), plan, spec)
+    return sections
 
 
 def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str | None = None) -> dict[str, Any]:
     """Run DCQ as ``options`` say, write the run folder, return ``result.json``'s content."""
-    reporter = reporter or Reporter()
     options.validate()
-    spec = QuantizerSpec(options.quantizer, scale=options.scale)
-    plan = options.build_plan()
-    if options.teacher is not None:
-        resolve_model_file(options.teacher)  # fail before any work if it is missing
-    run = RunFolder(options.out or options.default_out())
-    run.check(False)
-    start = time.perf_counter()
-    if options.threads is not None:
-        torch.set_num_threads(options.threads)
-    torch.manual_seed(options.seed)
-
-    if options.teacher is not None:
-        teacher, args = _load_teacher(options.teacher)
-        data_args, data, note = load_model_and_data(args.name, options.dataset, options.data_dir, seed=options.seed,
-                                                    width_mult=args.width_mult)
-        check_data_fits(args, data_args, options.dataset)
-    else:
-        args, data, note = load_model_and_data(options.model, options.dataset, options.data_dir, seed=options.seed,
-                                               width_mult=options.width_mult)
-        teacher = args.build()
-    reporter.log(f"[bold]{args.name}[/] on [bold]{data.name}[/]: {data.description}")
-    reporter.log(note)
-    # every user error (split names, plan entries, bits the quantizer rejects) before any training
-    at = options.split_points() if options.split_at is not None else None
-    probe = split(teacher, at, sections=options.sections, balance=options.balance, sample_input=sample_input(args))
-    points = split_points(probe)
-    quantize_(copy.deepcopy(teacher), plan, spec)
-
-    run.prepare(False)
-    run.write_config({**asdict(options), "out": str(run.path), "method": options.method_name(),
-                      "resolved_split_at": points})
-    teacher_result = None
+    spec, plan = QuantizerSpec(options.quantizer, scale=options.scale), options.build_plan()
+    teacher_args = float_model_args(options.teacher) if options.teacher is not None else None
+    started = start_run(options, reporter, command, model=teacher_args.name if teacher_args else options.model,
+                        width_mult=teacher_args.width_mult if teacher_args else options.width_mult)
+    teacher, folder, reporter = started.model, started.folder, started.reporter
+    if teacher_args is not None:
+        check_data_fits(teacher_args, started.args, options.dataset)
+        load_float_weights(teacher, options.teacher)
+    points = split_points(cut_teacher(options, teacher, started.args, spec, plan))
+    started.write_config(options.method_name(), resolved_split_at=points)
     if options.model is not None:
-        reporter.log(f"training the float teacher ({options.teacher_epochs} epochs) -> {run.file(TEACHER_DIR)}")
-        teacher_result = run_train(TrainOptions(
-            model=options.model, dataset=options.dataset, data_dir=options.data_dir, epochs=options.teacher_epochs,
-            batch_size=options.batch_size, lr=options.teacher_lr, optimizer=options.optimizer,
-            schedule=options.schedule, weight_decay=options.weight_decay, seed=options.seed,
-            width_mult=options.width_mult, out=str(run.file(TEACHER_DIR)), device=options.device,
-            threads=options.threads), reporter=reporter, command=command)
-        teacher, _ = _load_teacher(str(run.file(TEACHER_DIR)))
+        reporter.log(f"training the float teacher ({options.teacher_epochs} epochs) -> {folder.file(TEACHER_DIR)}")
+        run_train(float_run_options(options, str(folder.file(TEACHER_DIR)), options.teacher_epochs,
+                                    lr=options.teacher_lr, optimizer=options.optimizer, schedule=options.schedule,
+                                    weight_decay=options.weight_decay, width_mult=options.width_mult),
+                  reporter=reporter, command=command)
+        load_float_weights(teacher, folder.file(TEACHER_DIR))
 
-    train_loader = ArrayLoader(data.train, batch_size=options.batch_size, shuffle=True, seed=options.seed,
-                               mean=data.mean, std=data.std)
-    test_loader = ArrayLoader(data.test, batch_size=512, shuffle=False, mean=data.mean, std=data.std)
+    test_loader = started.eval_loader("test")
     fp_accuracy = evaluate(teacher, test_loader, options.device)[1]
     reporter.log(f"float teacher: test accuracy {100 * fp_accuracy:.2f}%")
-    config = options.dcq_config()
-    metrics = MetricsWriter(run.metrics)
+    metrics = MetricsWriter(folder.metrics)
     try:
         torch.manual_seed(options.seed)
-        outcome = dcq_quantize(teacher, train_loader, plan=plan, quantizer=spec, split_at=points or None,
-                      sections=None if points else 1, config=config, eval_loader=test_loader, metrics=metrics,
-                      reporter=reporter)
+        outcome = dcq_quantize(teacher, started.train_loader(), plan=plan, quantizer=spec, split_at=points or None,
+                               sections=None if points else 1, config=options.dcq_config(), eval_loader=test_loader,
+                               metrics=metrics, reporter=reporter)
     finally:
         metrics.close()
-    model = outcome.model
-    final_plan = Plan.from_layer_bits(outcome.bits)
-    final_plan.save(run.file("plan.json"))
-    save_model(run.model_file, model, args, spec, final_plan)
+    model, final_plan = outcome.model, Plan.from_layer_bits(outcome.bits)
+    final_plan.save(folder.file("plan.json"))
+    save_model(folder.model_file, model, started.args, spec, final_plan)
 
     costs = model_costs(model)
-    health = check_health(model, outcome.finetune_history, data.num_classes, accuracy=outcome.accuracy)
+    health = check_health(model, outcome.finetune_history, started.data.num_classes, accuracy=outcome.accuracy)
     sections = [s.to_dict() for s in outcome.sections]
-    result = {
-        **record_fields(command, start),
-        "model": args.name, "model_args": args.to_dict(), "dataset": data.name, "data": data.description,
-        "method": options.method_name(), "quantizer": spec.to_dict(), "seed": options.seed,
-        "accuracy": outcome.accuracy, "stitched_accuracy": outcome.stitched_accuracy, "fp_accuracy": fp_accuracy,
-        **model_fields(model),
-        "mode": options.mode, "loss": options.loss, "workers": options.workers, "balance": options.balance,
-        "split_at": outcome.split_at, "num_sections": len(sections), "epochs": options.epochs,
-        "finetune_epochs": options.finetune_epochs, "kd_weight": options.kd_weight,
-        "kd_temperature": options.kd_temperature, "feature_cache": options.feature_cache,
-        "feature_norm": options.feature_norm,
-        "section_losses": [s["final_loss"] for s in sections], "section_wall_s": [s["wall_s"] for s in sections],
-        "sections_wall_s": outcome.sections_wall_s, "sections": sections,
-        "teacher": options.teacher if options.teacher is not None else str(run.file(TEACHER_DIR)),
-        "teacher_epochs": options.teacher_epochs if teacher_result is not None else None,
-    }
-    return finish_run(run, result, health, reporter=reporter, what="the DCQ run", strict=options.strict,
-                      summary=f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] (float teacher "
-                      f"{100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  size {costs.size_bytes:,} B")
+    result = started.result(
+        model, options.method_name(), spec, outcome.accuracy, stitched_accuracy=outcome.stitched_accuracy,
+        fp_accuracy=fp_accuracy, mode=options.mode, loss=options.loss, workers=options.workers,
+        balance=options.balance, split_at=outcome.split_at, num_sections=len(sections), epochs=options.epochs,
+        finetune_epochs=options.finetune_epochs, kd_weight=options.kd_weight, kd_temperature=options.kd_temperature,
+        feature_cache=options.feature_cache, feature_norm=options.feature_norm,
+        section_losses=[s["final_loss"] for s in sections], section_wall_s=[s["wall_s"] for s in sections],
+        sections_wall_s=outcome.sections_wall_s, sections=sections,
+        teacher=options.teacher if options.teacher is not None else str(folder.file(TEACHER_DIR)),
+        teacher_epochs=options.teacher_epochs if options.model is not None else None)
+    return started.finish(result, health, "the DCQ run", f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] "
+                          f"(float teacher {100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  "
+                          f"size {costs.size_bytes:,} B")

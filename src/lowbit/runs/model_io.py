@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.errors import CheckpointError, LowbitError
+from lowbit.errors import CheckpointError, ConfigError, LowbitError
 from lowbit.nn import quantize_
 from lowbit.plan import Plan
 from lowbit.quant.registry import NO_QUANTIZER, QuantizerSpec
@@ -75,6 +75,15 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelArgs, QuantizerSpec | 
     except (KeyError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded model: {exc}") from None
     return model, args, spec, plan
+
+
+def float_model_args(path: str | Path, what: str = "--teacher") -> ModelArgs:  # DCQ's teacher
+    """The architecture stored at ``path``, which must be a float model (a teacher, a float run)."""
+    path = resolve_model_file(path)
+    args, spec, _ = read_meta(load_checkpoint(path), path)
+    if spec is not None and spec.name != NO_QUANTIZER:
+        raise ConfigError(f"{what} {path} is a quantized model ({spec.name}); DCQ starts from a float teacher")
+    return args
 
 
 def load_float_weights(model: nn.Module, path: str | Path) -> ModelArgs:

@@ -41,7 +41,7 @@ What each strategy does with the pool (and why the results stay what they were):
   search. Its budget is exact too (only the plans its gate would admit are evaluated).
 
 A resumed search's time budget subtracts the evaluation times recorded in the cache
-(``lowbit.runs.search_setup``); with workers these overlap, so the subtraction is conservative.
+(``lowbit.search.budget``); with workers these overlap, so the subtraction is conservative.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Pieces of ``lowbit search`` / ``lowbit releq`` (ReLeQ, Elthakeb et al., METHODS.md section 5) that
-are not the search itself: parsing bit lists, the evaluator's data and progress lines per
-evaluation. The budget of a resumed search is ``lowbit.search.budget.remaining_budget``.
+"""What a search needs around its strategy (ReLeQ, Elthakeb et al., METHODS.md section 5): bit
+lists parsed, the evaluator's data (a train subset and the validation split, never test) and a
+progress line per evaluated plan. The budget of a resumed search is
+``lowbit.search.budget.remaining_budget``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import numpy as np
 from lowbit.data import ArrayLoader, DatasetSplits
 from lowbit.errors import ConfigError
 from lowbit.quant.bits import LOW_BITS, check_bits
-from lowbit.search import Choices, Evaluator
+from lowbit.search.evaluator import Evaluator
+from lowbit.search.space import Choices
 from lowbit.train import Reporter
 
 
@@ -57,10 +59,14 @@ class LoggedEvaluator:
 
     def __call__(self, choices: Choices) -> float:
         acc = self.inner(choices)
+        self.log(choices, acc)
+        return acc
+
+    def log(self, choices: Choices, accuracy: float) -> None:
+        """The line for one evaluated plan (also a ParallelEvaluator's ``on_result``)."""
         self.count += 1
         self.reporter.log(f"{self.label} {self.count}: {', '.join(f'{w}/{a}' for w, a in choices)} "
-                          f"-> val accuracy {100 * acc:.2f}%")
-        return acc
+                          f"-> val accuracy {100 * accuracy:.2f}%")
 
     def float_accuracy(self) -> float:
         return self.inner.float_accuracy()
