@@ -15,7 +15,8 @@ import yaml
 import lowbit.train.loop as loop_module
 from lowbit import __version__
 from lowbit.cli.main import build_parser, main
-from lowbit.cli.common import options_from_args
+from lowbit.cli.config import options_from_args
+from lowbit.runs.train_run import TrainOptions
 from lowbit.data import ArrayLoader, list_datasets, load_dataset
 from lowbit.models import list_models
 from lowbit.quant.registry import list_quantizers
@@ -171,7 +172,7 @@ def test_config_layers_and_precedence(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("model: lenet5\nbatch-size: 32\nlr: 1\nquantizer: dorefa\nwbits: 3\n")
     args = build_parser().parse_args(["train", "--config", str(config), "--wbits", "4", "--out", "x"])
-    options = options_from_args(args)
+    options = options_from_args(args, TrainOptions)
     assert options.batch_size == 32 and options.lr == 1.0 and isinstance(options.lr, float)
     assert options.wbits == 4 and options.quantizer == "dorefa" and options.out == "x"
     assert options.epochs == 10  # default when neither file nor flag sets it

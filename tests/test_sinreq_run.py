@@ -9,7 +9,7 @@ import pytest
 
 from lowbit.errors import ConfigError
 from lowbit.nn import quantized_layers
-from lowbit.runs.hooks import MethodHooks
+from lowbit.train.hooks import MethodHooks
 from lowbit.runs.model_io import load_model
 from lowbit.runs.train_run import TrainOptions, run_train
 from lowbit.train import QUIET

@@ -10,15 +10,17 @@ tag is refused, never executed. Values are typed by ``lowbit.runs.option_values`
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lowbit.errors import ConfigError
+from lowbit.runs.folder import CONFIG_FILE
 from lowbit.runs.option_values import merge_options
 
-__all__ = ["given_flags", "merge_options", "read_yaml"]
+__all__ = ["command_line", "given_flags", "merge_options", "options_from_args", "read_yaml"]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -70,3 +72,21 @@ def given_flags(args: argparse.Namespace, skip: tuple[str, ...] = ("config", "co
                 ) -> dict[str, Any]:
     """The flags the user actually gave (argparse defaults are None); ``argv`` is main()'s record."""
     return {k: v for k, v in vars(args).items() if v is not None and k not in skip and k != "argv"}
+
+
+def options_from_args(args: argparse.Namespace, cls: type) -> Any:
+    """``cls`` from ``--config``, then (with ``--resume``) the run folder's config.yaml, then the flags."""
+    layers = []
+    if args.config:
+        layers.append(read_yaml(args.config))
+    if getattr(args, "resume", None) and args.out and (Path(args.out) / CONFIG_FILE).exists():
+        saved = read_yaml(Path(args.out) / CONFIG_FILE)
+        layers.append({k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
+    layers.append(given_flags(args))
+    return merge_options(cls, layers)
+
+
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command as the user typed it (main() records argv; None falls back to sys.argv)."""
+    argv = getattr(args, "argv", None)
+    return shlex.join(["lowbit", *argv]) if argv is not None else None

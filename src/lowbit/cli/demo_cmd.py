@@ -29,6 +29,11 @@ from lowbit.runs.waveq_run import WaveQOptions, run_waveq
 from lowbit.train import Reporter
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="folder for the demo's runs (default runs/demo)")
+    parser.add_argument("--fast", action="store_true", help="fewer epochs (for CI)")
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

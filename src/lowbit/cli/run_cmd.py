@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lowbit.cli.config import merge_options, read_yaml
-from lowbit.cli.common import command_line
+from lowbit.cli.config import command_line
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.runs.config_dry_run import dry_run
 from lowbit.runs.config_run import COMMANDS, Experiment, check_mapping, link_dependency, parse_overrides

@@ -51,7 +51,7 @@ node (``_SinReQMean``), which costs about what the sinusoid alone cost through a
 
 Modes: this module gives the penalty; both of METHODS' modes use it. On top of quantized training
 (the model has been through ``quantize_``; ``lowbit train --sinreq``, ``--sinreq-mode qat``), and
-the float pre-quantization phase (``--sinreq-mode pre``), built in ``lowbit.runs.sinreq_hooks``:
+the float pre-quantization phase (``--sinreq-mode pre``), built in ``lowbit.reg.sinreq_training``:
 the quantizers stay attached so the penalty uses their geometry, the forward pass runs float
 (``set_fake_quant(model, False)``) during training and fake quantization is switched back on after.
 """

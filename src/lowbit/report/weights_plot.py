@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,3 +54,26 @@ def plot_weight_grids(layers: Sequence[LayerGrid], path: str | Path, title: str 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def weight_grids(model: Any) -> list[LayerGrid]:
+    """Each weight-quantized layer's u(w) and its quantizer's levels."""
+    import torch
+
+    from lowbit.nn import quantized_layers
+
+    grids = []
+    with torch.no_grad():
+        for name, layer in quantized_layers(model).items():
+            quantizer = layer.weight_quantizer
+            if quantizer is None:
+                continue
+            u = quantizer.normalize(layer.weight).detach().float().cpu().numpy().ravel()
+            grids.append(LayerGrid(name, quantizer.bits, u, type(quantizer).levels(quantizer.bits).numpy()))
+    return grids
+
+
+def write_weight_plot(model: Any, folder: Path, title: str) -> Path | None:
+    """A run's ``plots/weights.png``: u(w) against the levels per quantized layer (None: no quantized layer)."""
+    grids = weight_grids(model)
+    return plot_weight_grids(grids, folder / "plots" / "weights.png", title) if grids else None

@@ -5,12 +5,13 @@ against the processes, ``--init`` found, the run folder checked (nothing is crea
 error can still be raised), the clock started, threads and seed set, the data loaded and the zoo
 model fitted to it. The returned :class:`StartedRun` then
 writes ``config.yaml`` (rank 0), hands out the loaders, assembles the ``result.json`` fields every
-run has, and ends the run through ``lowbit.runs.finish.finish_run``. :func:`processes` joins and
+run has, and ends the run (``result.json``, summary line, health verdict, ``--strict``). :func:`processes` joins and
 leaves a torchrun process group around a command that trains with DDP.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,15 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.costs import model_costs
 from lowbit.data import ArrayLoader, DatasetSplits
 from lowbit.health import Health
+from lowbit.nn import layer_bits
 from lowbit.quant.registry import QuantizerSpec
 from lowbit.errors import ConfigError
 from lowbit.runs.build import ModelArgs, fit_model_to_data, load_model_and_data
-from lowbit.runs.finish import finish_run
-from lowbit.runs.folder import RunFolder
+from lowbit.runs.folder import RunFolder, environment
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, resolve_model_file
-from lowbit.runs.result_fields import model_fields, record_fields
 from lowbit.train import QUIET, Reporter
 from lowbit.train.distributed import DistInfo, ShardedLoader, barrier, cleanup, init_distributed
 
@@ -89,24 +90,35 @@ class StartedRun:
 
     def result(self, model: nn.Module, method: str, spec: QuantizerSpec | None, accuracy: float,
                **fields: Any) -> dict[str, Any]:
-        """The fields every ``result.json`` has, then ``fields`` (``fp_accuracy`` defaults to the start's)."""
+        """The fields every ``result.json`` has (DESIGN.md, "Run folder"): the command as typed, wall time,
+        versions, model and data, accuracy (``fp_accuracy`` defaults to the start's), the plan's costs
+        read off ``model`` as it is quantized now; then ``fields``."""
+        env, costs, bits = environment(), model_costs(model), layer_bits(model)
         result = {
-            **record_fields(self.command, self.start),
+            "command": self.command or " ".join(["lowbit", *sys.argv[1:]]), "wall_s": time.perf_counter() - self.start,
+            "version": env["lowbit"], "environment": env,
             "model": self.args.name, "model_args": self.args.to_dict(), "dataset": self.data.name,
             "data": self.data.description, "method": method, "quantizer": spec.to_dict() if spec else None,
             "seed": self.options.seed, "accuracy": accuracy, "fp_accuracy": self.fp_accuracy,
-            **model_fields(model), **fields,
+            "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
+            "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
+            "float_size_bytes": costs.float_size_bytes, "compression": costs.compression, **fields,
         }
         if self.info.world_size > 1:
             result["world_size"] = self.info.world_size
         return result
 
     def finish(self, result: dict[str, Any], health: Health, what: str, summary: str) -> dict[str, Any]:
-        """Rank 0 writes ``result.json``, says ``summary`` and the health verdict, enforces ``--strict``."""
+        """Rank 0 adds ``health`` and writes ``result.json``, logs ``summary -> folder``, says the health
+        verdict and turns a failed check under ``--strict`` into exit code 3 (``lowbit.health``)."""
         if not self.is_main:
             return result
-        return finish_run(self.folder, result, health, reporter=self.reporter, what=what,
-                          strict=self.options.strict, summary=summary)
+        result["health"] = health.to_dict()
+        self.folder.write_result(result)
+        self.reporter.log(f"{summary}  -> {self.folder.path}")
+        health.report(self.reporter, what)
+        health.enforce(self.options.strict, f"{what} in {self.folder.path}")
+        return result
 
 
 def check_global_batch(batch_size: int, world_size: int) -> None:

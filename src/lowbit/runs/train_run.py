@@ -26,12 +26,12 @@ from lowbit.reg.schedules import SCHEDULES as SINREQ_SCHEDULES
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import DOMAINS as SINREQ_DOMAINS
 from lowbit.runs.folder import RunFolder
-from lowbit.runs.hooks import MethodHooks
+from lowbit.train.hooks import MethodHooks
 from lowbit.runs.lifecycle import StartedRun, processes, start_run
 from lowbit.runs.model_io import save_model
 from lowbit.runs.options import RunOptions, check_plan_flags, option, plan_from, quantizer_names
-from lowbit.runs.plots import write_weight_plot
-from lowbit.runs.sinreq_hooks import SINREQ_MODES, quantized_run_hooks
+from lowbit.report.weights_plot import write_weight_plot
+from lowbit.reg.sinreq_training import SINREQ_MODES, quantized_run_hooks
 from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate, fit
 from lowbit.train.config import OPTIMIZERS, SCHEDULES
 

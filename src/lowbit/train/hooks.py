@@ -1,6 +1,6 @@
 """``MethodHooks``: how a method changes plain training (a name suffix, loss terms, epoch
 callbacks, extra result fields, config entries, and what to do to the model just before and
-just after ``fit``). Hooks combine, so ``run_train`` can add its own (grid distance, SinReQ) to
+just after ``fit``). Hooks combine, so ``lowbit train`` adds its own (grid distance, SinReQ) to
 a caller's."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.train import LossTerm
+from lowbit.train.loop import LossTerm
 
 
 @dataclass

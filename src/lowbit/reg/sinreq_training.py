@@ -1,5 +1,6 @@
-"""The hooks ``run_train`` adds to a quantized run: SinReQ (METHODS.md section 2) when asked,
-and the grid distance of the weights to their quantizer's levels for every quantized run.
+"""SinReQ on plain training (METHODS.md section 2): the hooks ``lowbit train`` adds to a quantized
+run, SinReQ when asked and, for every quantized run, the grid distance of the weights to their
+quantizer's levels.
 
 SinReQ modes: ``qat`` (the papers' main mode) adds the penalty on top of quantized training;
 ``pre`` trains with a float forward pass (the quantizers stay attached so the penalty uses their
@@ -16,7 +17,7 @@ from torch import nn
 from lowbit.nn import set_fake_quant
 from lowbit.reg.schedules import make_schedule
 from lowbit.reg.sinreq import SinReQ, grid_distance
-from lowbit.runs.hooks import MethodHooks
+from lowbit.train.hooks import MethodHooks
 
 SINREQ_MODES = ("qat", "pre")
 
