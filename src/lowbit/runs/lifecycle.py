@@ -72,7 +72,8 @@ class StartedRun:
         """Create the folder (rank 0, after every rank checked it) and write ``config.yaml``."""
         barrier()
         if self.is_main:
-            self.folder.prepare(resume)
+            if not resume:  # a resumed folder was checked by start_run
+                self.folder.prepare(False)
             self.folder.write_config({**asdict(self.options), "out": str(self.folder.path), "method": method,
                                       **extra})
 
