@@ -134,3 +134,53 @@ def test_on_episode_sees_every_episode_in_order() -> None:
                            on_episode=seen.append)
     assert [e["plan_key"] for e in seen] == outcome.settings["episode_plans"]
     assert [e["reward"] for e in seen] == outcome.settings["episode_rewards"]
+
+
+def test_a_search_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch) -> None:
+    """SB3's default logger (``configure()`` with no folder) made an empty tempdir/SB3-<date>
+    folder at every ``learn``; the agent's logger writes nowhere. A private temp dir, so that
+    other processes' folders cannot interfere."""
+    import tempfile
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    assert tempfile.gettempdir() == str(temp)
+    space = _space()
+    for policy in ("mlp", "lstm"):
+        outcome = releq_search(space, _evaluator(space), Budget(max_evals=12), seed=0, state_dir=tmp_path / policy,
+                               ppo=PPOSettings(policy=policy, episodes_per_update=4, n_epochs=1))
+        assert outcome.settings["updates"] >= 2  # several learn() calls
+        assert sorted(p.name for p in (tmp_path / policy).iterdir()) == ["releq_state.ckpt"]
+    assert [p.name for p in temp.iterdir() if p.name.startswith("SB3-")] == []
+
+
+def test_a_state_saved_inside_an_episode_is_refused(tmp_path) -> None:
+    from lowbit.errors import CheckpointError
+    from lowbit.search.releq import STATE_FILE
+    from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    space = _space()
+    kw = dict(seed=0, max_episodes=16, ppo=PPOSettings(episodes_per_update=4, n_epochs=1))
+    releq_search(space, _evaluator(space), Budget(max_evals=20), state_dir=tmp_path, stop_after_updates=1, **kw)
+    state = load_checkpoint(tmp_path / STATE_FILE)
+    first = space.decode(0)
+    state["env"] = {**state["env"], "index": 1, "chosen": [list(first)]}
+    save_checkpoint(tmp_path / STATE_FILE, state)
+    with pytest.raises(CheckpointError, match="middle of an episode"):
+        releq_search(space, _evaluator(space), Budget(max_evals=20), state_dir=tmp_path, resume=True, **kw)
+
+
+def test_no_private_stable_baselines3_attributes() -> None:
+    """releq.py uses SB3's public API only: the one private attribute it touches is its own."""
+    import ast
+    import inspect
+
+    import lowbit.search.releq as releq
+
+    tree = ast.parse(inspect.getsource(releq))
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_") and not node.attr.startswith("__")}
+    own = {name for name, item in vars(releq._Gate).items() if inspect.isfunction(item)}
+    assert used <= own, f"private attributes of other objects: {sorted(used - own)}"

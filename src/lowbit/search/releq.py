@@ -9,11 +9,18 @@ stable-baselines3's PPO with an MLP actor-critic; ``policy="lstm"`` is sb3-contr
 episode.
 
 Training runs in chunks of one rollout (``episodes_per_update`` whole episodes, so every chunk
-ends at an episode boundary): after each chunk the agent's weights and optimizer, its rollout
-cursor, the step counters and every RNG (torch, numpy, python) are written to
-``state_dir/releq_state.ckpt`` (atomic, checksummed). ``resume=True`` loads it; plans evaluated
-after the last chunk are in the evaluator's on-disk cache, so a search killed at any point
-resumes and ends with the same plans, rewards and counts as an uninterrupted one (on CPU).
+ends at an episode boundary): after each chunk the agent's weights and optimizer
+(``get_parameters``), its step count, the environments and every RNG (torch, numpy, python) are
+written to ``state_dir/releq_state.ckpt`` (atomic, checksummed). ``resume=True`` loads it into a
+fresh agent (``set_parameters``); its first ``learn`` resets the environments, which is where the
+saved chunk left them (at the start of an episode), so nothing of the rollout cursor needs saving.
+Plans evaluated after the last chunk are in the evaluator's on-disk cache, so a search killed at
+any point resumes and ends with the same plans, rewards and counts as an uninterrupted one (on CPU).
+
+Only stable-baselines3's public API is used (``learn(reset_num_timesteps=False, callback=...)``,
+``num_timesteps``, ``get_parameters``/``set_parameters``, ``set_logger``, ``BaseCallback``). The
+agent logs nowhere: it gets a logger without outputs, because SB3's default one (``configure()``
+with no folder) creates an empty ``SB3-<date>`` folder in the temp directory at every ``learn``.
 
 Budget: ``max_evals`` counts the distinct plans this search visits (a plan another search put in
 the shared cache still counts once here, so strategies compare at equal plan counts; the
@@ -46,6 +53,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from lowbit.errors import CheckpointError, ConfigError
@@ -195,9 +203,14 @@ def _make_agent(env: DummyVecEnv, space: SearchSpace, ppo: PPOSettings, seed: in
     if ppo.policy == "lstm":
         from sb3_contrib import RecurrentPPO
 
-        return RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden),
-                                                                     lstm_hidden_size=ppo.lstm_hidden), **common)
-    return PPO("MlpPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden)), **common)
+        agent = RecurrentPPO("MlpLstmPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden),
+                                                                      lstm_hidden_size=ppo.lstm_hidden), **common)
+    else:
+        agent = PPO("MlpPolicy", env, policy_kwargs=dict(net_arch=list(ppo.hidden)), **common)
+    # No outputs, no folder: without a logger of its own, every learn() calls SB3's configure(),
+    # which makes an (empty, at verbose=0) tempdir/SB3-<date> folder.
+    agent.set_logger(Logger(folder=None, output_formats=[]))
+    return agent
 
 
 def _rng_state() -> dict[str, Any]:
@@ -275,19 +288,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
     agent = _make_agent(vec, space, ppo, seed)
     updates = 0
     if resume_state is not None:
-        try:
-            agent.policy.load_state_dict(resume_state["policy"])
-            agent.policy.optimizer.load_state_dict(resume_state["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise CheckpointError(f"{state_path} does not match this search's agent: {exc}") from None
-        agent.num_timesteps = int(resume_state["num_timesteps"])
-        agent._n_updates = int(resume_state["n_updates"])
-        agent._episode_num = int(resume_state["episode_num"])
-        agent._last_obs = resume_state["last_obs"].numpy()
-        agent._last_episode_starts = resume_state["last_episode_starts"].numpy()
-        for one, state in zip(envs, resume_state["envs"] if n_envs > 1 else [resume_state["env"]]):
-            one.set_state(state)
-        _set_rng_state(resume_state["rng"])
+        _restore(agent, envs, resume_state, state_path)
         updates = int(resume_state["updates"])
 
     callback = _Episodes(progress.episodes, on_episode)
@@ -315,13 +316,34 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                     weighted_state, n_envs)
 
 
+def _restore(agent: Any, envs: list[BitwidthEnv], state: dict[str, Any], path: Path | None) -> None:
+    """Load a saved state into a fresh agent and its environments (module docstring).
+
+    The agent's last observation and episode starts are not restored (states written by older
+    versions of this module carry them; they are ignored): every state is saved between two rollouts,
+    where each environment has just reset, so the reset that the fresh agent's first ``learn``
+    makes gives the same observation and all-True episode starts (the environment is deterministic
+    and its ``np_random`` is reseeded with the same seed). A state saved inside an episode would
+    break that, so it is refused."""
+    try:
+        agent.set_parameters({"policy": state["policy"], "policy.optimizer": state["optimizer"]}, exact_match=True)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} does not match this search's agent: {exc}") from None
+    agent.num_timesteps = int(state["num_timesteps"])  # public counter; learn(reset_num_timesteps=False) adds to it
+    for one, env_state in zip(envs, state["envs"] if len(envs) > 1 else [state["env"]]):
+        one.set_state(env_state)
+        if one.get_state()["index"] != 0:
+            raise CheckpointError(f"{path} was saved in the middle of an episode; a ReLeQ state resumes only "
+                                  "between two rollouts")
+    _set_rng_state(state["rng"])
+
+
 def _save(path: Path, agent: Any, envs: list[BitwidthEnv], progress: _Progress, gate: _Gate, updates: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    params = agent.get_parameters()
     save_checkpoint(path, {
-        "kind": STATE_KIND, "policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
-        "num_timesteps": int(agent.num_timesteps), "n_updates": int(agent._n_updates),
-        "episode_num": int(agent._episode_num), "last_obs": torch.from_numpy(np.asarray(agent._last_obs).copy()),
-        "last_episode_starts": torch.from_numpy(np.asarray(agent._last_episode_starts).copy()),
+        "kind": STATE_KIND, "policy": params["policy"], "optimizer": params["policy.optimizer"],
+        "num_timesteps": int(agent.num_timesteps),
         "env": envs[0].get_state(), "n_envs": len(envs), "rng": _rng_state(),
         **({"envs": [env.get_state() for env in envs]} if len(envs) > 1 else {}),
         "updates": updates, "episodes": progress.episodes,
