@@ -258,23 +258,9 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         max_episodes = 50 * budget.max_evals if budget.max_evals is not None else None
     if max_episodes is None and budget.time_limit_s is None:
         raise ConfigError("ReLeQ needs a limit: max_evals, a time limit or max_episodes")
-    if n_envs is None:
-        n_envs = cached.workers if isinstance(cached, ParallelEvaluator) else 1
-    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
-        raise ConfigError(f"n_envs must be an integer >= 1, got {n_envs!r}")
-    if ppo.episodes_per_update % n_envs:
-        raise ConfigError(f"PPO episodes_per_update ({ppo.episodes_per_update}) must be a multiple of the "
-                          f"{n_envs} environments (--workers) that play them")
+    n_envs = _check_envs(cached, ppo, n_envs)
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    if resume and (state_path is None or not state_path.exists()):
-        resume_state = None  # nothing saved yet (killed before the first update): start afresh
-    else:
-        resume_state = load_checkpoint(state_path) if resume else None
-    if resume_state is not None and resume_state.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{state_path} is not a ReLeQ search state")
-    if resume_state is not None and int(resume_state.get("n_envs", 1)) != n_envs:
-        raise CheckpointError(f"{state_path} was saved by a search with {resume_state.get('n_envs', 1)} "
-                              f"environment(s) (--workers); resume it with that number, not {n_envs}")
+    resume_state = _load_state(state_path, n_envs) if resume else None
 
     progress = _Progress(preexisting={r.key for r in cached.records})
     if resume_state is not None:
@@ -292,28 +278,59 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         updates = int(resume_state["updates"])
 
     callback = _Episodes(progress.episodes, on_episode)
-    stopped, this_call = "budget", 0
+    this_call = 0
     while True:
-        if max_episodes is not None and len(progress.episodes) >= max_episodes:
-            stopped = "max_episodes"
-            break
-        if budget.time_limit_s is not None and gate.elapsed() >= budget.time_limit_s:
-            stopped = "time_limit"
-            break
-        if stop_after_updates is not None and this_call >= stop_after_updates:
-            stopped = "interrupted"
+        stopped = _stop_reason(progress, gate, budget, max_episodes, stop_after_updates, this_call)
+        if stopped is not None:
             break
         try:
             agent.learn(total_timesteps=agent.n_steps * n_envs, reset_num_timesteps=False, callback=callback)
         except BudgetExhausted:
             stopped = "budget"
             break
-        updates += 1
-        this_call += 1
+        updates, this_call = updates + 1, this_call + 1
         if state_path is not None:
             _save(state_path, agent, envs, progress, gate, updates)
     return _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
                     weighted_state, n_envs)
+
+
+def _check_envs(cached: CachedEvaluator, ppo: PPOSettings, n_envs: int | None) -> int:
+    """The environments stepped in lockstep: the parallel evaluator's workers by default."""
+    if n_envs is None:
+        n_envs = cached.workers if isinstance(cached, ParallelEvaluator) else 1
+    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
+        raise ConfigError(f"n_envs must be an integer >= 1, got {n_envs!r}")
+    if ppo.episodes_per_update % n_envs:
+        raise ConfigError(f"PPO episodes_per_update ({ppo.episodes_per_update}) must be a multiple of the "
+                          f"{n_envs} environments (--workers) that play them")
+    return n_envs
+
+
+def _load_state(state_path: Path | None, n_envs: int) -> dict[str, Any] | None:
+    """The saved search state to resume (None: nothing saved yet, killed before the first update)."""
+    if state_path is None or not state_path.exists():
+        return None
+    state = load_checkpoint(state_path)
+    if state.get("kind") != STATE_KIND:
+        raise CheckpointError(f"{state_path} is not a ReLeQ search state")
+    if int(state.get("n_envs", 1)) != n_envs:
+        raise CheckpointError(f"{state_path} was saved by a search with {state.get('n_envs', 1)} "
+                              f"environment(s) (--workers); resume it with that number, not {n_envs}")
+    return state
+
+
+def _stop_reason(progress: _Progress, gate: _Gate, budget: Budget, max_episodes: int | None,
+                 stop_after_updates: int | None, this_call: int) -> str | None:
+    """Why the search stops before its next rollout (None: it goes on; the evaluation budget stops it
+    inside a rollout instead)."""
+    if max_episodes is not None and len(progress.episodes) >= max_episodes:
+        return "max_episodes"
+    if budget.time_limit_s is not None and gate.elapsed() >= budget.time_limit_s:
+        return "time_limit"
+    if stop_after_updates is not None and this_call >= stop_after_updates:
+        return "interrupted"
+    return None
 
 
 def _restore(agent: Any, envs: list[BitwidthEnv], state: dict[str, Any], path: Path | None) -> None:
