@@ -75,3 +75,27 @@ def test_wrong_length_or_padding_is_an_error() -> None:
         unpack_codes(bad, 3, 3)
     with pytest.raises(ExportError, match="uint8"):
         unpack_codes(packed.astype(np.int16), 3, 3)
+
+
+# ---- each quantizer class owns its export grid (no table of quantizer classes in export/) ---------
+
+@pytest.mark.parametrize("family", ["dorefa", "lsq", "pact", "twn", "wrpn"])
+def test_every_family_gives_an_exact_integer_grid(family: str) -> None:
+    """``integer_grid`` of every family and bitwidth reproduces its fake-quantized weights from codes,
+    with no level table (the rule is exact), and activation quantizers name their grid."""
+    from lowbit.export.grids import ACT_KINDS, encode_weight
+    from lowbit.quant.registry import FAMILIES
+
+    weight_cls, act_cls, _ = FAMILIES[family]
+    assert sorted(FAMILIES) == ["dorefa", "lsq", "pact", "twn", "wrpn"]  # a new family joins the list above
+    torch.manual_seed(0)
+    w = torch.randn(16, 8) * 0.1
+    for bits in getattr(weight_cls, "supported_bits", range(1, 9)):
+        for scale in ("none", "max", "learned"):
+            q = weight_cls(bits, w, layer="l", scale=scale)
+            encoded = encode_weight("l.weight", q, w, q(w))
+            assert encoded.table is None, (family, bits, scale)
+            assert encoded.grid.bits == bits
+    act = act_cls(4, "l")
+    assert act.grid_kind in ACT_KINDS
+    assert act.grid_param is None or isinstance(getattr(act, act.grid_param), torch.nn.Parameter)

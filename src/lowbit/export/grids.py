@@ -41,7 +41,6 @@ import torch
 from torch import nn
 
 from lowbit.export.errors import ExportError
-from lowbit.quant import (DoReFaAct, DoReFaWeight, LSQAct, LSQWeight, PACTAct, TernaryWeight, WRPNWeight)
 from lowbit.quant.base import ActQuantizer, WeightQuantizer
 
 RULES = ("mul_div", "dorefa")
@@ -112,25 +111,14 @@ def _f32(value: torch.Tensor | float) -> float:
 
 
 def weight_grid(quantizer: WeightQuantizer, weight: torch.Tensor, fake: torch.Tensor) -> WeightGrid:
-    """The grid of ``quantizer`` for the float ``weight`` whose fake-quantized value is ``fake``."""
-    k = quantizer.bits
-    if k == 1:  # every family's binary weights are ±v
-        return WeightGrid(1, "mul_div", _f32(fake.abs().amax().clamp_min(1e-30)), 1, 2, 1)
-    if isinstance(quantizer, DoReFaWeight):  # PACT's weights too
-        n = (1 << k) - 1
-        return WeightGrid(k, "dorefa", _f32(quantizer.output_scale(weight)), n, 2, n)
-    if isinstance(quantizer, LSQWeight):
-        return WeightGrid(k, "mul_div", _f32(quantizer.step.detach().abs().clamp_min(1e-8)), 1, 1, 1 << (k - 1))
-    if isinstance(quantizer, TernaryWeight):
-        a = _f32(quantizer.level_scale(weight))
-        if k == 2:
-            return WeightGrid(2, "mul_div", a, 1, 1, 1)
-        n = (1 << (k - 1)) - 1
-        return WeightGrid(k, "mul_div", a, n, 1, n)
-    if isinstance(quantizer, WRPNWeight):
-        n = (1 << (k - 1)) - 1
-        return WeightGrid(k, "mul_div", _f32(quantizer.output_scale(weight)), n, 1, n)
-    raise ExportError(f"layer {quantizer.layer!r}: no export grid for weight quantizer {type(quantizer).__name__}")
+    """The grid of ``quantizer`` for the float ``weight`` whose fake-quantized value is ``fake``
+    (each quantizer class gives its own: ``WeightQuantizer.integer_grid``)."""
+    try:
+        rule, scale, divisor, code_mult, zero_point = quantizer.integer_grid(weight, fake)
+    except NotImplementedError:
+        raise ExportError(f"layer {quantizer.layer!r}: no export grid for weight quantizer "
+                          f"{type(quantizer).__name__}") from None
+    return WeightGrid(quantizer.bits, rule, _f32(scale), divisor, code_mult, zero_point)
 
 
 @dataclass
@@ -232,21 +220,10 @@ class ActGrid:
         return {"bits": self.bits, "kind": self.kind}
 
 
-def act_param_name(quantizer: ActQuantizer) -> str | None:
-    """The attribute holding the activation quantizer's one parameter (None for clip-to-[0,1] ones)."""
-    if isinstance(quantizer, PACTAct):
-        return "alpha"
-    if isinstance(quantizer, LSQAct):
-        return "step"
-    if isinstance(quantizer, DoReFaAct):  # wrpn and twn activations are DoReFa's
-        return None
-    raise ExportError(f"layer {quantizer.layer!r}: no export grid for activation quantizer {type(quantizer).__name__}")
-
-
 def act_grid(quantizer: ActQuantizer) -> ActGrid:
-    attr = act_param_name(quantizer)
+    attr = quantizer.grid_param
     if attr is None:
-        return ActGrid(quantizer.bits, "unit")
+        return ActGrid(quantizer.bits, quantizer.grid_kind)
     value = getattr(quantizer, attr)
     assert isinstance(value, nn.Parameter)
-    return ActGrid(quantizer.bits, "pact" if attr == "alpha" else "lsq", _f32(value))
+    return ActGrid(quantizer.bits, quantizer.grid_kind, _f32(value))

@@ -50,7 +50,7 @@ from torch import nn
 from lowbit import __version__
 from lowbit.errors import LowbitError
 from lowbit.export.errors import ExportError
-from lowbit.export.grids import ActGrid, EncodedWeight, WeightGrid, act_grid, act_param_name, encode_weight
+from lowbit.export.grids import ActGrid, EncodedWeight, WeightGrid, act_grid, encode_weight
 from lowbit.export.pack import pack_codes, packed_nbytes, unpack_codes
 from lowbit.io import atomic_write_bytes
 from lowbit.plan import LayerBits, Plan
@@ -119,11 +119,8 @@ class PackedModel:
             quantize_(model, plan, self.spec or QuantizerSpec())
             with torch.no_grad():
                 for name, layer in quantized_layers(model).items():
-                    attr = act_param_name(layer.input_quantizer)
-                    if attr is not None:
-                        getattr(layer.input_quantizer, attr).copy_(self.floats[self.act_params[name]])
-                    if hasattr(layer.input_quantizer, "initialized"):  # LSQ: the step is trained, keep it
-                        layer.input_quantizer.initialized.fill_(True)
+                    if layer.input_quantizer.grid_param is not None:
+                        layer.input_quantizer.restore_grid_param(self.floats[self.act_params[name]])
         return model.eval()
 
     # ---- sizes -------------------------------------------------------------------------
@@ -294,7 +291,7 @@ def pack_model(model: nn.Module, args: ModelArgs, spec: QuantizerSpec | None = N
             weights[key] = encode_weight(key, layer.weight_quantizer, layer.weight, layer.effective_weight())
         if layer.input_quantizer is not None:
             acts[name] = act_grid(layer.input_quantizer)
-            attr = act_param_name(layer.input_quantizer)
+            attr = layer.input_quantizer.grid_param
             if attr is not None:
                 act_params[name] = f"{name}.input_quantizer.{attr}"
     floats = OrderedDict((k, state[k].detach().float().clone()) for k, v in skeleton.items()

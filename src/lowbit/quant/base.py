@@ -18,7 +18,7 @@ max|w| runs over the finite entries of w. Networks without batch norm after a la
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -28,6 +28,17 @@ from lowbit.quant.bits import LOW_BITS, check_bits
 from lowbit.quant.ste import finite_abs_max
 
 SCALE_MODES = ("none", "max", "learned")
+
+
+class IntegerGrid(NamedTuple):
+    """How a weight quantizer's output maps to integer codes (``lowbit.export.grids.WeightGrid``):
+    ``w_q = scale * (code_mult * c - zero_point) / divisor`` for codes c, by ``rule``."""
+
+    rule: str  # "dorefa" or "mul_div"
+    scale: torch.Tensor | float
+    divisor: int
+    code_mult: int
+    zero_point: int
 
 
 class Quantizer(nn.Module):
@@ -116,12 +127,35 @@ class WeightQuantizer(Quantizer):
         """u(w): the weight in the normalized domain where the levels are evenly spaced."""
         raise NotImplementedError
 
+    def integer_grid(self, w: torch.Tensor, fake: torch.Tensor) -> IntegerGrid:
+        """The integer grid of the fake-quantized ``fake = self(w)`` (export): binary weights are
+        ``±max|fake|`` in every family; other bitwidths are the family's own."""
+        if self.bits == 1:
+            return IntegerGrid("mul_div", fake.abs().amax().clamp_min(1e-30), 1, 2, 1)
+        return self.family_grid(w)
+
+    def family_grid(self, w: torch.Tensor) -> IntegerGrid:
+        raise NotImplementedError(f"{type(self).__name__} has no integer grid")
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", scale={self.scale_mode}"
 
 
 class ActQuantizer(Quantizer):
-    """Fake-quantizes the activation entering a layer."""
+    """Fake-quantizes the activation entering a layer.
+
+    ``grid_kind`` and ``grid_param`` say how its codes are read (export): ``unit`` (clip to [0, 1],
+    no parameter), ``pact`` (clip to [0, α], parameter ``alpha``) or ``lsq`` (step, parameter ``step``).
+    """
+
+    grid_kind: ClassVar[str] = "unit"
+    grid_param: ClassVar[str | None] = None
+
+    @torch.no_grad()
+    def restore_grid_param(self, value: torch.Tensor) -> None:
+        """Set the grid's trained parameter (a model rebuilt from an exported file)."""
+        if self.grid_param is not None:
+            getattr(self, self.grid_param).copy_(value)
 
     @classmethod
     def build(cls, bits: int, layer: str, options: object) -> ActQuantizer:

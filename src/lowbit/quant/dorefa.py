@@ -20,13 +20,17 @@ import math
 
 import torch
 
-from lowbit.quant.base import ActQuantizer, WeightQuantizer, uniform_levels
+from lowbit.quant.base import ActQuantizer, IntegerGrid, WeightQuantizer, uniform_levels
 from lowbit.quant.ste import (abs_max, clip_round_ste, finite_abs_max, finite_abs_mean, restore_nonfinite,
                               round_ste_finite, sign_ste, split_finite)
 
 
 class DoReFaWeight(WeightQuantizer):
     family = "dorefa"
+
+    def family_grid(self, w: torch.Tensor) -> IntegerGrid:
+        n = (1 << self.bits) - 1
+        return IntegerGrid("dorefa", self.output_scale(w), n, 2, n)
 
     @classmethod
     def unit_normalize(cls, w: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from lowbit.quant.base import ActQuantizer, WeightQuantizer
+from lowbit.quant.base import ActQuantizer, IntegerGrid, WeightQuantizer
 from lowbit.quant.ste import finite_abs_mean
 
 
@@ -34,6 +34,9 @@ class LSQWeight(WeightQuantizer):
         init = 2.0 * finite_abs_mean(weight.detach()) / math.sqrt(self.q_p)
         self.step = nn.Parameter(init.clamp_min(1e-8).reshape(()).clone())
         self.grad_factor = 1.0 / math.sqrt(max(weight.numel(), 1) * self.q_p)
+
+    def family_grid(self, w: torch.Tensor) -> IntegerGrid:
+        return IntegerGrid("mul_div", self.step.detach().abs().clamp_min(1e-8), 1, 1, 1 << (self.bits - 1))
 
     @classmethod
     def levels(cls, k: int) -> torch.Tensor:
@@ -120,12 +123,18 @@ class _LSQActQuantize(torch.autograd.Function):
 
 class LSQAct(ActQuantizer):
     family = "lsq"
+    grid_kind, grid_param = "lsq", "step"
 
     def __init__(self, bits: int, layer: str = "") -> None:
         super().__init__(bits, layer)
         self.q_p = 2**bits - 1
         self.step = nn.Parameter(torch.tensor(1.0))
         self.register_buffer("initialized", torch.tensor(False))
+
+    def restore_grid_param(self, value: torch.Tensor) -> None:
+        """The trained step, kept (not re-initialised from the first batch)."""
+        super().restore_grid_param(value)
+        self.initialized.fill_(True)
 
     @classmethod
     def levels(cls, k: int) -> torch.Tensor:

@@ -40,6 +40,7 @@ class PACTWeight(DoReFaWeight):
 
 class PACTAct(ActQuantizer):
     family = "pact"
+    grid_kind, grid_param = "pact", "alpha"
     levels = DoReFaAct.levels
     spacing = DoReFaAct.spacing
     offset = DoReFaAct.offset

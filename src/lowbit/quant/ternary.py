@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.quant.base import WeightQuantizer, uniform_levels
+from lowbit.quant.base import IntegerGrid, WeightQuantizer, uniform_levels
 from lowbit.quant.dorefa import DoReFaAct
 from lowbit.quant.ste import finite_abs_max, finite_abs_mean, keep_nan, round_ste, sign_ste, ste
 from lowbit.quant.wrpn import WRPNWeight
@@ -34,6 +34,10 @@ class TernaryWeight(WeightQuantizer):
 
     spacing = WRPNWeight.spacing
     offset = WRPNWeight.offset
+
+    def family_grid(self, w: torch.Tensor) -> IntegerGrid:
+        n = (1 << (self.bits - 1)) - 1  # 1 at 2 bits: {-a, 0, a}
+        return IntegerGrid("mul_div", self.level_scale(w), n, 1, n)
 
     def level_scale(self, w: torch.Tensor) -> torch.Tensor:
         """The (detached) scale a: values are a * level."""

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.quant.base import WeightQuantizer, uniform_levels
+from lowbit.quant.base import IntegerGrid, WeightQuantizer, uniform_levels
 from lowbit.quant.dorefa import DoReFaAct
 from lowbit.quant.ste import restore_nonfinite, round_ste, round_ste_finite, sign_ste, split_finite
 
 
 class WRPNWeight(WeightQuantizer):
     family = "wrpn"
+
+    def family_grid(self, w: torch.Tensor) -> IntegerGrid:
+        n = (1 << (self.bits - 1)) - 1
+        return IntegerGrid("mul_div", self.output_scale(w), n, 1, n)
 
     @classmethod
     def auto_scale(cls, behind_norm: bool) -> str:
