@@ -29,7 +29,7 @@ EXIT_CODES_HELP = ("exit codes: 0 success, 1 unexpected failure (a bug), 2 user 
 
 def _commands() -> list[tuple[str, str, str | None, Callable[[argparse.ArgumentParser], None], Callable[..., int]]]:
     """(name, help, description, add its flags, run it) of every subcommand, in the order of --help."""
-    from lowbit.cli import demo_cmd, export_cmd, list_cmd, report_cmd, run_cmd
+    from lowbit.cli import compare_cmd, demo_cmd, export_cmd, list_cmd, report_cmd, run_cmd
     from lowbit.cli.run_commands import run_commands
 
     runs = [(name, help_text, description, *command) for name, (help_text, description, command)
@@ -49,6 +49,8 @@ def _commands() -> list[tuple[str, str, str | None, Callable[[argparse.ArgumentP
          report_cmd.add_report_arguments, report_cmd.run),
         ("run", "run (or --dry-run) one experiment config from configs/", run_cmd.DESCRIPTION,
          run_cmd.add_run_arguments, run_cmd.run),
+        ("compare", "compare methods under one tuning protocol (validation only, seeds, intervals)",
+         compare_cmd.DESCRIPTION, compare_cmd.add_compare_arguments, compare_cmd.run),
     ]
 
 

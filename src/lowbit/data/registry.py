@@ -14,7 +14,7 @@ from lowbit.data.digits import load_digits_dataset
 from lowbit.data.files import resolve_data_dir
 from lowbit.data.mnist import load_mnist, load_mnist_t10k
 from lowbit.data.mnist1d_gen import load_mnist1d
-from lowbit.data.split import with_val_split
+from lowbit.data.split import tuning_view, with_val_split
 from lowbit.data.svhn import load_svhn
 from lowbit.data.synthetic import OPTIONS as SYNTHETIC_OPTIONS
 from lowbit.data.synthetic import load_synthetic
@@ -64,6 +64,7 @@ def load_dataset(
     *,
     seed: int = 0,
     val_fraction: float = 0.0,
+    tuning_fraction: float = 0.0,
     **options: Any,
 ) -> DatasetSplits:
     """Load dataset ``name``.
@@ -72,7 +73,9 @@ def load_dataset(
     ``$LOWBIT_DATA_DIR/<name>``, with ``./data`` when the variable is unset); it is ignored by
     generated datasets. ``val_fraction`` moves a seeded share of the train split to ``val``.
     ``seed`` affects only that hold-out and generated data (synthetic); official splits are fixed.
-    ``options`` are reader-specific (only ``synthetic`` takes any).
+    ``options`` are reader-specific (only ``synthetic`` takes any). ``tuning_fraction`` > 0 returns
+    the tuning view (``lowbit.data.split.tuning_view``): a fixed share of train replaces the test
+    split, which is dropped; ``val_fraction`` then carves from what train is left.
     """
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
@@ -96,4 +99,6 @@ def load_dataset(
         if len(data) == 0:  # a run on it would train nothing or report NaN accuracy
             where = f" in {str(directory)!r}" if directory is not None else ""
             raise DataError(f"{name}: the {split} split is empty (0 samples){where}; the data files hold no examples")
+    if tuning_fraction:
+        splits = tuning_view(splits, float(tuning_fraction))
     return with_val_split(splits, float(val_fraction), seed)

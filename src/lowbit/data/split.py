@@ -40,3 +40,20 @@ def with_val_split(splits: DatasetSplits, fraction: float, seed: int) -> Dataset
         description=f"{splits.description}; val: {len(val):,} of the {len(splits.train):,} train "
         f"samples held out (fraction {fraction}, seed {seed}), leaving {len(train):,} to train",
     )
+
+
+TUNING_SEED = 20261203  # the tuning hold-out is the same for every arm, seed and trial
+
+
+def tuning_view(splits: DatasetSplits, fraction: float) -> DatasetSplits:
+    """The data a tuner may see (BENCHMARKS.md, "The protocol"): ``fraction`` of the train split,
+    held out with a fixed seed, takes the place of the test split, and the real test split is
+    dropped, so nothing downstream (training, evaluation, result.json) can read it."""
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"tuning_fraction must be in (0, 1), got {fraction!r}")
+    train, held = hold_out(splits.train, fraction, TUNING_SEED)
+    return dataclasses.replace(
+        splits, train=train, test=held, val=None,
+        description=f"{splits.description}; TUNING VIEW: 'test' is {len(held):,} of the {len(splits.train):,} train "
+        f"samples held out (fraction {fraction}, seed {TUNING_SEED}); the real test split is not loaded",
+    )

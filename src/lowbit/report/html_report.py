@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import itertools
+import json
 import math
 from collections.abc import Sequence
 from html import escape
@@ -21,10 +22,11 @@ from typing import Any
 from lowbit import __version__
 from lowbit.io import atomic_write_text
 from lowbit.report import compare_plots as cp
+from lowbit.report.comparison import COMPARISON_FILE, comparison_table, plot_comparison
 from lowbit.report.html_style import CSS, bits_class, bits_legend
 from lowbit.report.run_reader import RunData, health_summary, read_runs
 
-SECTIONS = (("comparison", "Comparison"), ("bits", "Bits per layer"), ("tradeoff", "Accuracy vs average bits"),
+SECTIONS = (("protocol", "Protocol comparisons"), ("comparison", "Comparison"), ("bits", "Bits per layer"), ("tradeoff", "Accuracy vs average bits"),
             ("curves", "Training curves"), ("runs", "Runs and their plots"))
 PLOT_ORDER = ("weights", "beta", "rewards", "bits", "pareto")
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -39,14 +41,17 @@ HEADLINE_FACTS = ("quantizer.name", "quantizer.scale", "seed", "epochs", "finetu
 
 def write_report(run_dirs: Sequence[str | Path], out_path: str | Path, title: str | None = None) -> Path:
     """Read the runs ``run_dirs`` name (run folders, folders of runs, globs: see
-    :func:`lowbit.report.run_reader.find_runs`) and write the report to ``out_path`` atomically."""
-    runs = read_runs(run_dirs)
+    :func:`lowbit.report.run_reader.find_runs`) and write the report to ``out_path`` atomically.
+    A ``lowbit compare`` folder (it holds comparison.json) brings its table and plot and its final
+    runs (not the tuning runs)."""
+    compared = [Path(d) for d in run_dirs if (Path(d) / COMPARISON_FILE).is_file()]
+    runs = read_runs([Path(d) / "final" if Path(d) in compared else d for d in run_dirs])
     out = Path(out_path)
-    atomic_write_text(out, render_report(runs, title))
+    atomic_write_text(out, render_report(runs, title, compared))
     return out
 
 
-def render_report(runs: Sequence[RunData], title: str | None = None) -> str:
+def render_report(runs: Sequence[RunData], title: str | None = None, compared: Sequence[Path] = ()) -> str:
     """The whole HTML document for ``runs``."""
     title = title or f"lowbit report: {len(runs)} run{'s' * (len(runs) != 1)}"
     colors = {run.name: cp.run_color(i) for i, run in enumerate(runs)}
@@ -56,7 +61,7 @@ def render_report(runs: Sequence[RunData], title: str | None = None) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="meta">{len(runs)} run(s), written {stamp} by lowbit {escape(__version__)}</p>',
         f"<nav>{nav}</nav>",
-        _comparison(runs, colors), _bits(runs), _tradeoff(runs, colors), _curves(runs, colors),
+        _protocol(compared), _comparison(runs, colors), _bits(runs), _tradeoff(runs, colors), _curves(runs, colors),
         _run_sections(runs, colors),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -117,6 +122,28 @@ def _section(key: str, body: str, note: str = "") -> str:
     label = dict(SECTIONS)[key]
     note_html = f'<p class="note">{escape(note)}</p>' if note else ""
     return f'<section id="{key}">\n<h2>{escape(label)}</h2>\n{note_html}{body}\n</section>'
+
+
+def _protocol(compared: Sequence[Path]) -> str:
+    """Each ``lowbit compare`` folder's table (from comparison.json) and plot."""
+    if not compared:
+        return _section("protocol", "", "No lowbit compare folder was given.")
+    parts = []
+    for folder in compared:
+        comparison = json.loads((folder / COMPARISON_FILE).read_text())
+        plot = folder / "comparison.png"
+        if not plot.is_file():
+            plot_comparison(comparison, plot)
+        rows = [line.strip("|").split(" | ") for line in comparison_table(comparison).splitlines()
+                if line.startswith("| ") and not line.startswith("| arm ")]
+        head = ("arm", "tuned over", "chosen", "test acc % (mean ± sd)", "avg bits", "vs baseline (points)")
+        table = ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows)
+                 + "</table>")
+        intro = comparison_table(comparison).split("\n", 1)[0]
+        parts.append(f"<h3>{escape(str(folder))}</h3><p>{escape(intro)}</p>{table}"
+                     f"{_img(plot.read_bytes(), 'image/png', 'comparison plot')}")
+    return _section("protocol", "\n".join(parts))
 
 
 def _swatch(color: str) -> str:

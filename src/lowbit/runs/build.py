@@ -65,10 +65,12 @@ def fit_model_to_data(model: str, data: DatasetSplits, width_mult: float = 1.0) 
 
 
 def load_model_and_data(model: str, dataset: str, data_dir: str | None = None, *, seed: int = 0,
-                        val_fraction: float = 0.0, width_mult: float = 1.0) -> tuple[ModelArgs, DatasetSplits, str]:
-    """Load ``dataset`` and fit ``model`` to it (validates the model name before reading data)."""
+                        val_fraction: float = 0.0, width_mult: float = 1.0, tuning_fraction: float = 0.0
+                        ) -> tuple[ModelArgs, DatasetSplits, str]:
+    """Load ``dataset`` (its tuning view with ``tuning_fraction``) and fit ``model`` to it (validates
+    the model name before reading data)."""
     model_info(model)
-    data = load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction)
+    data = load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction, tuning_fraction=tuning_fraction)
     return fit_model_to_data(model, data, width_mult)
 
 

@@ -47,11 +47,12 @@ class DryRun:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def dry_run_data(dataset: str, data_dir: str | None, seed: int, val_fraction: float = 0.0
-                 ) -> tuple[DatasetSplits, str | None]:
+def dry_run_data(dataset: str, data_dir: str | None, seed: int, val_fraction: float = 0.0,
+                 tuning_fraction: float = 0.0) -> tuple[DatasetSplits, str | None]:
     """The real data when it is here, else a seeded synthetic stand-in of its shape (and why)."""
     if dataset not in DATASETS:
         raise unknown_name("dataset", dataset, DATASETS)
+    splits = {"seed": seed, "val_fraction": val_fraction, "tuning_fraction": tuning_fraction}
     reason = None
     if DATASETS[dataset].uses_files:
         folder = resolve_data_dir(dataset, data_dir)
@@ -59,16 +60,16 @@ def dry_run_data(dataset: str, data_dir: str | None, seed: int, val_fraction: fl
             reason = f"{dataset} is not on this machine (no folder {folder})"
         else:
             try:
-                return load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction), None
+                return load_dataset(dataset, data_dir, **splits), None
             except DataError as exc:
                 reason = f"{dataset} could not be read ({exc})"
     if reason is None:
-        return load_dataset(dataset, data_dir, seed=seed, val_fraction=val_fraction), None
+        return load_dataset(dataset, data_dir, **splits), None
     if dataset not in STAND_IN_SHAPES:
         raise ConfigError(f"{reason}, and no stand-in shape is known for it; give data_dir")
     channels, side, classes = STAND_IN_SHAPES[dataset]
-    data = load_dataset("synthetic", seed=seed, val_fraction=val_fraction, num_classes=classes,
-                        in_channels=channels, input_size=side, **STAND_IN_SIZES)
+    data = load_dataset("synthetic", **splits, num_classes=classes, in_channels=channels, input_size=side,
+                        **STAND_IN_SIZES)
     return data, (f"{reason}: a synthetic stand-in of its shape ({channels}x{side}x{side}, {classes} classes, "
                   f"{STAND_IN_SIZES['n_train']} train / {STAND_IN_SIZES['n_test']} test random images) was used")
 
@@ -94,7 +95,7 @@ def _start(exp: Experiment, *, val_fraction: float = 0.0, model: str | None = No
     """The run's own start (``lowbit.runs.lifecycle.start_run``) on the real data or a stand-in,
     with the float weights it starts from when they are here: (started, stand-in reason, init note)."""
     o = exp.options
-    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed, val_fraction)
+    data, stand_in = dry_run_data(o.dataset, o.data_dir, o.seed, val_fraction, o.tuning_fraction)
     present = load_start and folder_present(exp.start)
     started = start_run(o, QUIET, None, dry_run=True, data=data, model=model, width_mult=width_mult,
                         init=exp.start if present else None)

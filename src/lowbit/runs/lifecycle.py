@@ -101,6 +101,7 @@ class StartedRun:
             "model": self.args.name, "model_args": self.args.to_dict(), "dataset": self.data.name,
             "data": self.data.description, "method": method, "quantizer": spec.to_dict() if spec else None,
             "seed": self.options.seed, "accuracy": accuracy, "fp_accuracy": self.fp_accuracy,
+            "scored_on": "tuning hold-out of train" if self.options.tuning_fraction else "test",
             "weight_bits": {n: b.weight for n, b in bits.items()}, "act_bits": {n: b.act for n, b in bits.items()},
             "avg_bits": costs.avg_bits, "weighted_bits": costs.weighted_bits, "size_bytes": costs.size_bytes,
             "float_size_bytes": costs.float_size_bytes, "compression": costs.compression, **fields,
@@ -160,7 +161,8 @@ def start_run(options: Any, reporter: Reporter | None, command: str | None, *, i
     name = model or options.model
     if data is None:
         args, data, note = load_model_and_data(name, options.dataset, options.data_dir, seed=options.seed,
-                                               val_fraction=val_fraction, width_mult=width_mult)
+                                               val_fraction=val_fraction, width_mult=width_mult,
+                                               tuning_fraction=options.tuning_fraction)
     else:
         args, data, note = fit_model_to_data(name, data, width_mult)
     reporter.log(f"[bold]{name}[/] on [bold]{data.name}[/]: {data.description}")

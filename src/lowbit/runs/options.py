@@ -77,6 +77,9 @@ class RunOptions:
     out: str | None = option(None, "run folder to write", default_text="runs/MODEL-DATASET-METHOD-sSEED")
     strict: bool = option(False, "exit with code 3 when the run fails its health checks (not learning, at chance, "
                           "a layer on one level); the run folder is written either way")
+    tuning_fraction: float = option(0.0, "score the run on this share of the training split, held out with a fixed "
+                                    "seed, instead of the test split, which is then never loaded (the tuning "
+                                    "protocol of lowbit compare)")
 
     def validate(self) -> None:
         """Common checks (names, integer ranges, fixed choices); commands add their own after these."""
@@ -85,6 +88,8 @@ class RunOptions:
         if self.dataset not in list_datasets():
             raise unknown_name("dataset", self.dataset, list_datasets())
         check_fields(self)
+        if not 0.0 <= self.tuning_fraction < 1.0:
+            raise ConfigError(f"tuning_fraction must be in [0, 1), got {self.tuning_fraction}")
         if self.out is not None and not str(self.out).strip():
             raise ConfigError("out must name a folder, got an empty string")
 
