@@ -17,7 +17,7 @@ from lowbit.data import TensorData, load_dataset
 from lowbit.data import registry
 from lowbit.errors import ConfigError
 from lowbit.report.stats import Summary, paired_difference
-from lowbit.runs.protocol import Arm, Protocol, best, compare, grid, run_command, tune
+from lowbit.runs.protocol import Arm, Protocol, chosen_setting, compare, grid, run_command, seeded, tune
 
 LENET = {"model": "lenet5", "dataset": "digits", "quantizer": "dorefa", "wbits": 2, "epochs": 1, "threads": 1}
 
@@ -107,11 +107,13 @@ def test_every_arm_gets_the_same_number_of_trials_and_the_best_hold_out_setting(
     assert (tmp_path / "comparison.json").exists()
 
 
-def test_best_keeps_the_first_of_equal_scores():
+def test_the_choice_keeps_the_first_of_equal_scores_and_seeds_fill_placeholders():
     from lowbit.runs.protocol import Trial
 
     trials = [Trial({"lr": 1}, {0: 0.5}), Trial({"lr": 2}, {0: 0.7}), Trial({"lr": 3}, {0: 0.7})]
-    assert best(trials).setting == {"lr": 2}
+    assert chosen_setting(trials) == {"lr": 2} and chosen_setting([]) == {}
+    assert seeded({"init": "runs/f-s{seed}", "lr": 1}, 2, tuning_fraction=0.2) == {
+        "init": "runs/f-s2", "lr": 1, "seed": 2, "tuning_fraction": 0.2}
     assert grid({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}] and grid({}) == []
 
 

@@ -29,6 +29,15 @@ def difference_text(diff: Mapping[str, Any] | None) -> str:
     return f"{100 * diff['mean']:+.2f} {interval}, {verdict}"
 
 
+def plans_text(arm: Mapping[str, Any]) -> str:
+    """The distinct plans of an arm's final runs (one per seed), e.g. ``8,3,3,8 (3 seeds)``."""
+    counts: dict[str, int] = {}
+    for plan in (arm.get("plans") or {}).values():
+        key = ",".join(map(str, plan))
+        counts[key] = counts.get(key, 0) + 1
+    return "; ".join(f"{k} ({n} seed{'s' * (n != 1)})" for k, n in counts.items()) or "n/a"
+
+
 def comparison_table(comparison: Mapping[str, Any]) -> str:
     """The Markdown table, after a line naming the protocol."""
     p = comparison["protocol"]
@@ -37,8 +46,8 @@ def comparison_table(comparison: Mapping[str, Any]) -> str:
              f"loaded while tuning), then its chosen setting run on seeds {', '.join(map(str, p['seeds']))} and "
              f"scored once on test. Differences are paired by seed against {comparison['baseline']}, with a "
              f"{100 * p['confidence']:g}% t-interval.", "",
-             "| arm | tuned over | chosen | test acc % (mean ± sd) | avg bits | vs baseline (points) |",
-             "|---|---|---|---|---|---|"]
+             "| arm | tuned over | chosen | test acc % (mean ± sd) | avg bits | plans (weight bits) | vs baseline (points) |",
+             "|---|---|---|---|---|---|---|"]
     for arm in comparison["arms"]:
         s = arm["summary"]
         space = ", ".join(f"{k} {len(v)}" for k, v in arm["space"].items()) or "nothing"
@@ -46,7 +55,7 @@ def comparison_table(comparison: Mapping[str, Any]) -> str:
         sd = f" ± {100 * s['sd']:.2f}" if s["sd"] is not None else ""
         sick = f" (unhealthy seeds {', '.join(map(str, arm['unhealthy_seeds']))})" if arm.get("unhealthy_seeds") else ""
         lines.append(f"| {arm['name']} | {space} ({len(arm['trials'])} trials) | {_setting(arm['chosen'])} | "
-                     f"{_pct(s['mean'])}{sd} (n={s['n']}){sick} | {bits:.2f} | "
+                     f"{_pct(s['mean'])}{sd} (n={s['n']}){sick} | {bits:.2f} | {plans_text(arm)} | "
                      f"{difference_text(arm['versus_baseline'])} |")
     return "\n".join(lines) + "\n"
 

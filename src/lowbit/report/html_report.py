@@ -136,7 +136,8 @@ def _protocol(compared: Sequence[Path]) -> str:
             plot_comparison(comparison, plot)
         rows = [line.strip("|").split(" | ") for line in comparison_table(comparison).splitlines()
                 if line.startswith("| ") and not line.startswith("| arm ")]
-        head = ("arm", "tuned over", "chosen", "test acc % (mean ± sd)", "avg bits", "vs baseline (points)")
+        head = ("arm", "tuned over", "chosen", "test acc % (mean ± sd)", "avg bits", "plans (weight bits)",
+                "vs baseline (points)")
         table = ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"
                  + "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows)
                  + "</table>")

@@ -84,6 +84,12 @@ def grid(space: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))] if keys else []
 
 
+def seeded(options: Mapping[str, Any], seed: int, **extra: Any) -> dict[str, Any]:
+    """``options`` at ``seed``: a ``{seed}`` in a text option (``init: runs/float-s{seed}``) becomes it."""
+    filled = {k: v.format(seed=seed) if isinstance(v, str) and "{seed}" in v else v for k, v in options.items()}
+    return {**filled, "seed": seed, **extra}
+
+
 def run_command(command: str, options: dict[str, Any], out: Path, reporter: Reporter = QUIET) -> dict[str, Any]:
     """One run through its command (``lowbit.runs.config_run.COMMANDS``), or its result.json when done."""
     folder = RunFolder(out)
@@ -113,7 +119,7 @@ def tune(arm: Arm, protocol: Protocol, folder: Path, run: RunArm = run_command) 
     def score(setting: dict[str, Any]) -> Trial:
         scores = {}
         for seed in protocol.tuning_seeds:
-            options = {**arm.options, **setting, "seed": seed, "tuning_fraction": protocol.tuning_fraction}
+            options = seeded({**arm.options, **setting}, seed, tuning_fraction=protocol.tuning_fraction)
             result = run(arm.command, options, folder / f"{_label(setting)}-s{seed}")
             if result.get("scored_on") != "tuning hold-out of train":
                 raise AssertionError("a tuning run was scored on test")  # the view guarantees it; checked anyway
@@ -122,7 +128,7 @@ def tune(arm: Arm, protocol: Protocol, folder: Path, run: RunArm = run_command) 
 
     points = grid(arm.space)
     if len(points) <= protocol.trials:
-        return [score(setting) for setting in points or [{}]]
+        return [score(setting) for setting in points]  # nothing to tune: no trial
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -136,8 +142,9 @@ def tune(arm: Arm, protocol: Protocol, folder: Path, run: RunArm = run_command) 
     return trials
 
 
-def best(trials: Sequence[Trial]) -> Trial:
-    return max(trials, key=lambda t: t.score)  # max keeps the first of equal scores
+def chosen_setting(trials: Sequence[Trial]) -> dict[str, Any]:
+    """The best trial's setting (the first of equal scores); {} when nothing was tuned."""
+    return max(trials, key=lambda t: t.score).setting if trials else {}
 
 
 @dataclass
@@ -150,6 +157,7 @@ class ArmResult:
     chosen: dict[str, Any]
     scores: dict[int, float]  # seed -> test accuracy
     avg_bits: dict[int, float]
+    plans: dict[int, list[int]]  # seed -> weight bits per layer of the final run
     unhealthy: list[int]  # seeds whose final run failed its health checks (lowbit.health)
     summary: Summary
     versus_baseline: PairedDifference | None = None
@@ -157,7 +165,7 @@ class ArmResult:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "command": self.command, "options": self.options, "space": self.space,
                 "trials": [{"setting": t.setting, "val_scores": t.scores, "val_score": t.score} for t in self.trials],
-                "chosen": self.chosen, "test_accuracy": self.scores, "avg_bits": self.avg_bits,
+                "chosen": self.chosen, "test_accuracy": self.scores, "avg_bits": self.avg_bits, "plans": self.plans,
                 "unhealthy_seeds": self.unhealthy,
                 "summary": self.summary.to_dict(),
                 "versus_baseline": self.versus_baseline.to_dict() if self.versus_baseline else None}
@@ -176,15 +184,16 @@ def compare(arms: Sequence[Arm], baseline: str, protocol: Protocol, folder: str 
         arm.check()
     results = []
     for arm in arms:
-        reporter.log(f"[bold]{arm.name}[/]: tuning {len(grid(arm.space)) or 1} candidate(s), {protocol.trials} trial(s)")
+        reporter.log(f"[bold]{arm.name}[/]: tuning {len(grid(arm.space))} candidate(s), at most {protocol.trials} trial(s)")
         trials = tune(arm, protocol, folder / "tune" / arm.name, run)
-        chosen = best(trials).setting
-        reporter.log(f"{arm.name}: chose {chosen or 'its defaults'} (hold-out {100 * best(trials).score:.2f}%)")
-        finals = {seed: run(arm.command, {**arm.options, **chosen, "seed": seed}, folder / "final" / arm.name / f"s{seed}")
+        chosen = chosen_setting(trials)
+        reporter.log(f"{arm.name}: chose {chosen or 'its defaults (nothing tuned)'}")
+        finals = {seed: run(arm.command, seeded({**arm.options, **chosen}, seed), folder / "final" / arm.name / f"s{seed}")
                   for seed in protocol.seeds}
         scores = {seed: float(r["accuracy"]) for seed, r in finals.items()}
         results.append(ArmResult(arm.name, arm.command, arm.options, arm.space, trials, chosen, scores,
                                  {seed: float(r.get("avg_bits", 32.0)) for seed, r in finals.items()},
+                                 {seed: list(r.get("weight_bits", {}).values()) for seed, r in finals.items()},
                                  [seed for seed, r in finals.items() if not r.get("health", {}).get("ok", True)],
                                  Summary.of(list(scores.values()))))
         if results[-1].unhealthy:
