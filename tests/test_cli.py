@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-import lowbit.train.loop as loop_module
+import lowbit.train.state as state_module
 from lowbit import __version__
 from lowbit.cli.main import build_parser, main
 from lowbit.cli.config import options_from_args
@@ -143,14 +143,14 @@ def test_load_model_rebuilds_quantized_model(quant_run):
 def test_resume_continues_from_config(float_run, tmp_path, monkeypatch):
     """Interrupt a run (same options as float_run) after epoch 0, resume with only --resume --out."""
     out = tmp_path / "run"
-    real_save = loop_module.save_checkpoint
+    real_save = state_module.save_checkpoint
 
     def interrupt(path, payload):
         if payload["epoch"] == 1:
             raise KeyboardInterrupt
         real_save(path, payload)
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", interrupt)
+    monkeypatch.setattr(state_module, "save_checkpoint", interrupt)
     assert train("--epochs", "2", "--out", str(out), *FAST) == 130
     monkeypatch.undo()
     assert not (out / "result.json").exists()

@@ -236,18 +236,18 @@ def test_cli_under_torchrun_resumes(single_run, tmp_path, monkeypatch):
     """A single-process run interrupted after epoch 1 is resumed by 2 processes (every rank loads
     the checkpoint): the uninterrupted single-process run's weights within ATOL (digits has 1437
     training samples, so the last batch of 29 is split 14/15)."""
-    import lowbit.train.loop as loop_module
+    import lowbit.train.state as state_module
     from lowbit.cli.main import main
 
     out = tmp_path / "ddp-resumed"
-    real_save = loop_module.save_checkpoint
+    real_save = state_module.save_checkpoint
 
     def stop_after_first_epoch(path, payload):
         if payload["epoch"] == 1:
             raise KeyboardInterrupt
         real_save(path, payload)
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", stop_after_first_epoch)
+    monkeypatch.setattr(state_module, "save_checkpoint", stop_after_first_epoch)
     assert main([*TRAIN, "--out", str(out)]) == 130
     monkeypatch.undo()
     done = torchrun("train", "--resume", "--out", str(out), "--quiet")
@@ -256,10 +256,10 @@ def test_cli_under_torchrun_resumes(single_run, tmp_path, monkeypatch):
 
 
 def test_train_rejects_a_global_batch_not_divisible_by_the_world(tmp_path, monkeypatch):
-    import lowbit.runs.train_run as train_run
+    import lowbit.runs.lifecycle as lifecycle
     from lowbit.cli.main import main
 
-    monkeypatch.setattr(train_run, "init_distributed", lambda device: D.DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(lifecycle, "init_distributed", lambda device: D.DistInfo(rank=0, world_size=2))
     assert main([*TRAIN, "--batch-size", "127", "--out", str(tmp_path / "x")]) != 0
     assert not (tmp_path / "x").exists()
 

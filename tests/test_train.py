@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import lowbit.train.loop as loop_module
+import lowbit.train.state as state_module
 from lowbit.data import ArrayLoader, load_dataset
 from lowbit.errors import CheckpointError, ConfigError, NumericsError
 from lowbit.nn import quantize_
@@ -246,14 +246,14 @@ def test_resume_drops_metrics_written_after_last_checkpoint(splits, tmp_path, mo
     """A crash between writing an epoch's metrics and its checkpoint: the line is not duplicated."""
     train, _ = loaders(splits)
     cfg = config(epochs=3)
-    real_save = loop_module.save_checkpoint
+    real_save = state_module.save_checkpoint
 
     def crashing_save(path, payload):
         if payload["epoch"] == 1:
             raise Interrupt("crash while saving epoch 1")
         real_save(path, payload)
 
-    monkeypatch.setattr(loop_module, "save_checkpoint", crashing_save)
+    monkeypatch.setattr(state_module, "save_checkpoint", crashing_save)
     with pytest.raises(Interrupt):
         fit(tiny_model(), train, cfg, checkpoint_path=tmp_path / "c.ckpt",
             metrics=MetricsWriter(tmp_path / "metrics.jsonl"))

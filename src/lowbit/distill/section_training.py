@@ -3,14 +3,14 @@ features (``train_section``), and all of them in order or in worker processes (`
 
 The loss of a section that is not the last is a feature regression (MSE, L1 or smooth-L1, by
 default in units of the teacher features' RMS at that boundary); the last section trains on the
-labels plus optional logit distillation. Each section is seeded from (seed, section index) only,
-so the order of training and the number of processes do not change the result.
+labels plus optional logit distillation. The steps are the shared ones of ``lowbit.train``
+(``Stepper``, ``train_steps``). Each section is seeded from (seed, section index) only, so the
+order of training and the number of processes do not change the result.
 """
 
 from __future__ import annotations
 
 import io
-import math
 import multiprocessing
 import pickle
 import time
@@ -26,11 +26,10 @@ from torch import nn
 from lowbit.distill.config import FEATURE_LOSSES, DCQConfig, SectionResult, section_seed
 from lowbit.distill.features import TeacherFeatures
 from lowbit.distill.sections import describe, stitch
-from lowbit.errors import ConfigError, NumericsError
-from lowbit.nn import is_quantizer_param, quantizers_with_aux_loss
+from lowbit.errors import ConfigError
+from lowbit.nn import aux_loss_terms, is_quantizer_param
 from lowbit.nn.convert import quantizable_layers
-from lowbit.train import QUIET, MetricsWriter, Reporter
-from lowbit.train.config import build_optimizer, build_scheduler
+from lowbit.train import QUIET, MetricsWriter, Reporter, Stepper, StepRun, train_steps
 
 
 # ---- one section ------------------------------------------------------------------------------
@@ -58,7 +57,12 @@ class SectionJob:
 
 
 def train_section(job: SectionJob) -> SectionResult:
-    """Train ``job.student`` in place on its teacher features; return its loss history."""
+    """Train ``job.student`` in place on its teacher features; return its loss history.
+
+    The steps are :func:`lowbit.train.train_steps` with the section's loss
+    (:class:`SectionObjective`) and the quantizers' own loss terms; sections train without AMP or
+    LR warm-up (``job.config.train.amp`` and ``warmup_epochs`` are not read).
+    """
     start = time.perf_counter()
     torch.manual_seed(section_seed(job.config.seed, job.index))
     student, cfg, index = job.student, job.config.train, job.index
@@ -70,60 +74,70 @@ def train_section(job: SectionJob) -> SectionResult:
     if not any(p.requires_grad for p in student.parameters()):  # e.g. a pooling-only section
         result.wall_s = time.perf_counter() - start
         return result
-    optimizer = build_optimizer(student, cfg, is_quantizer_param)
-    scheduler = build_scheduler(optimizer, cfg)
-    aux = quantizers_with_aux_loss(student)
-    feature_loss = FEATURE_LOSSES[job.config.loss]
+    stepper = Stepper(student, cfg, no_decay=is_quantizer_param)
+    terms = aux_loss_terms(student)  # found once, not at every step
     if not job.last and job.config.feature_norm and cfg.epochs > 0:
         result.feature_rms = feature_rms(job.features, index)
-        unit = result.feature_rms
-        plain_loss = feature_loss
-        feature_loss = lambda out, target: plain_loss(out / unit, target / unit)  # noqa: E731
-    kd_weight, temperature = job.config.kd_weight, job.config.kd_temperature
+    objective = SectionObjective(student, job.last, job.config, result.feature_rms)
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         student.train()
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0}
-        batches = correct = seen = 0
-        for x, target, y in job.features.batches(index, epoch, job.before):
-            out = student(x)
-            if job.last:
-                ce = F.cross_entropy(out.float(), y)
-                loss = ce
-                sums["ce"] += ce.item()
-                if kd_weight > 0:
-                    kd = kd_loss(out.float(), target.float(), temperature)
-                    loss = loss + kd_weight * kd
-                    sums["kd"] += kd.item()
-                correct += int((out.argmax(1) == y).sum())
-                seen += y.numel()
-            else:
-                loss = feature_loss(out, target)
-            if aux:
-                loss = loss + torch.stack([q.aux_loss() for q in aux]).sum()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NumericsError(f"section {index + 1}: non-finite loss ({value}) at epoch {epoch + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-            optimizer.step()
-            sums["loss"] += value
-            batches += 1
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        n = max(batches, 1)
-        record: dict[str, Any] = {"phase": "section", "section": index, "epoch": epoch, "lr": lr,
-                                  "loss": sums["loss"] / n}
-        if job.last:
-            record.update(ce=sums["ce"] / n, train_acc=correct / seen if seen else float("nan"))
-            if kd_weight > 0:
-                record["kd"] = sums["kd"] / n
+        objective.reset()
+        run = train_steps(stepper, job.features.batches(index, epoch, job.before), objective, terms=terms,
+                          where=f"section {index + 1}, epoch {epoch + 1}")
+        record = {"phase": "section", "section": index, "epoch": epoch, "lr": stepper.end_epoch(),
+                  **objective.means(run)}
         record["epoch_s"] = time.perf_counter() - t0
         result.history.append(record)
     result.wall_s = time.perf_counter() - start
     return result
+
+
+class SectionObjective:
+    """A section's loss on a ``(x, target, y)`` batch: the feature loss (in units of ``unit``, the
+    teacher features' RMS, when given) or, for the last section, cross-entropy plus the optional
+    logit distillation; it sums the parts of the epoch for the metrics record."""
+
+    def __init__(self, student: nn.Module, last: bool, config: DCQConfig, unit: float | None = None) -> None:
+        self.student, self.last = student, last
+        self.feature_loss = FEATURE_LOSSES[config.loss]
+        self.unit = unit
+        self.kd_weight, self.temperature = config.kd_weight, config.kd_temperature
+        self.reset()
+
+    def reset(self) -> None:
+        """Start an epoch's sums."""
+        self.ce = self.kd = 0.0
+        self.correct = self.seen = 0
+
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, target, y = batch
+        out = self.student(x)
+        if not self.last:
+            if self.unit is not None:
+                return self.feature_loss(out / self.unit, target / self.unit)
+            return self.feature_loss(out, target)
+        ce = F.cross_entropy(out.float(), y)
+        loss = ce
+        self.ce += ce.item()
+        if self.kd_weight > 0:
+            kd = kd_loss(out.float(), target.float(), self.temperature)
+            loss = loss + self.kd_weight * kd
+            self.kd += kd.item()
+        self.correct += int((out.argmax(1) == y).sum())
+        self.seen += y.numel()
+        return loss
+
+    def means(self, run: StepRun) -> dict[str, Any]:
+        """The epoch's mean loss per step (with the quantizers' terms) and, for the last section,
+        its mean cross-entropy, KD loss and training accuracy."""
+        n = max(run.steps, 1)
+        record: dict[str, Any] = {"loss": run.loss_sum / n}
+        if self.last:
+            record.update(ce=self.ce / n, train_acc=self.correct / self.seen if self.seen else float("nan"))
+            if self.kd_weight > 0:
+                record["kd"] = self.kd / n
+        return record
 
 
 @torch.no_grad()

@@ -14,15 +14,16 @@ terms, e.g. PACT's) on the training batches, then measure top-1 accuracy on the 
   is untouched) and replays the loader's epochs 0, 1, ... (``set_epoch`` when it has one: the
   evaluator sets the epoch of the loader it was given), so the same plan gives the same accuracy
   (on CPU, with the same thread count).
-- A non-finite loss stops that fine-tune early; the plan is evaluated as it stands (counted in
-  ``diverged``), so a search is not killed by one bad plan.
+- The steps are the shared ones of ``lowbit.train`` (``Stepper`` on a step budget,
+  ``train_budget``). A non-finite loss stops that fine-tune early; the plan is evaluated as it
+  stands (counted in ``diverged``), so a search is not killed by one bad plan.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
-import math
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
@@ -31,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.errors import ConfigError, DataError
-from lowbit.nn.convert import is_quantizer_param, quantize_, quantizer_aux_loss, quantized_layers
+from lowbit.errors import ConfigError
+from lowbit.nn import aux_loss_terms
+from lowbit.nn.convert import is_quantizer_param, quantize_, quantized_layers
 from lowbit.quant.registry import QuantizerSpec
 from lowbit.recipes import SEARCH_EVALUATION
 from lowbit.search.space import Choices, SearchSpace
-from lowbit.train.config import TrainConfig, build_optimizer
-from lowbit.train.loop import evaluate
+from lowbit.train import Stepper, TrainConfig, evaluate, train_budget
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -89,30 +90,21 @@ class FineTuneEvaluator:
             return evaluate(model, self.val, self.device)[1]
 
     def _fine_tune(self, model: nn.Module) -> None:
+        """``self.steps`` steps of the shared training step; a non-finite loss stops it (``diverged``)."""
         if self.steps == 0:
             return
-        optimizer = build_optimizer(model, self.config, no_decay=is_quantizer_param)
+        stepper = Stepper(model, self.config, no_decay=is_quantizer_param)
         model.train()
-        step, epoch = 0, 0
-        while step < self.steps:
-            if hasattr(self.train, "set_epoch"):
-                self.train.set_epoch(epoch)
-            batches = 0
-            for x, y in self.train:
-                x, y = x.to(self.device), y.to(self.device)
-                loss = F.cross_entropy(model(x), y) + quantizer_aux_loss(model)
-                if not math.isfinite(loss.item()):
-                    self.diverged += 1
-                    return
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step, batches = step + 1, batches + 1
-                if step >= self.steps:
-                    return
-            if batches == 0:
-                raise DataError("FineTuneEvaluator: the training loader yields no batches")
-            epoch += 1
+        run = train_budget(stepper, self.train, functools.partial(self._loss, model), steps=self.steps,
+                           terms=aux_loss_terms(model), on_nonfinite="stop",
+                           name="FineTuneEvaluator: the training loader")
+        if run.diverged:
+            self.diverged += 1
+
+    def _loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        x, y = x.to(self.device), y.to(self.device)
+        return F.cross_entropy(model(x), y)
 
     def describe(self) -> dict[str, Any]:
         return {"class": "FineTuneEvaluator", "steps": self.steps, "quantizer": asdict(self.spec),

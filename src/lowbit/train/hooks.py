@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.train.loop import LossTerm
+from lowbit.train.terms import LossTerm
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Deferring SIGINT (Ctrl-C) and SIGTERM while ``fit`` trains.
+"""Deferring SIGINT (Ctrl-C) and SIGTERM while ``fit`` trains, and the error it stops with.
 
 ``fit`` installs :class:`InterruptGuard` around its epoch loop, and only there: the handlers
 record the signal instead of raising in the middle of an optimizer step. ``fit`` checks
@@ -66,3 +66,13 @@ class InterruptGuard:
     def active(self) -> bool:
         """Whether handlers are installed (main thread)."""
         return bool(self._previous)
+
+
+def interrupted(signum: int, checkpoint: str | None, where: str) -> TrainingInterrupted:
+    """The error ``fit`` raises after finishing the step (and writing ``checkpoint``, if any) at ``where``."""
+    if checkpoint is not None:
+        detail = f"checkpoint written to {checkpoint}; continue with --resume"
+    else:
+        detail = "this training keeps no checkpoint of its own, so there is nothing to resume it from"
+    return TrainingInterrupted(f"interrupted by {signal_name(signum)} at {where} (the step was finished); {detail}",
+                               signal_number=signum, checkpoint=checkpoint)
