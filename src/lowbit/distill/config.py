@@ -94,8 +94,8 @@ class SectionResult:
 
 @dataclass
 class DCQResult:
-    model: nn.Sequential  # the stitched quantized network
-    students: list[nn.Sequential]
+    model: nn.Module  # the stitched quantized network (nn.Sequential, or a GraphModule for a traced model)
+    students: list[nn.Module]
     split_at: list[str]
     bits: dict[str, LayerBits]  # resolved plan, full-model layer names
     sections: list[SectionResult]

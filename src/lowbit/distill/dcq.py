@@ -44,7 +44,6 @@ running at the same number of threads.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 
@@ -56,7 +55,7 @@ from lowbit.distill.config import (FEATURE_LOSSES, MODES, SEED_STRIDE, DCQConfig
 from lowbit.distill.features import TeacherFeatures
 from lowbit.distill.section_training import (SectionJob, feature_rms, kd_loss, section_loss, train_section,
                                              train_sections)
-from lowbit.distill.sections import split, split_points, stitch
+from lowbit.distill.sections import copy_stitched, split, split_points, stitch
 from lowbit.errors import ConfigError
 from lowbit.nn import finetune_quantized, quantize_
 from lowbit.nn.convert import quantizable_layers
@@ -80,13 +79,14 @@ def quantizer_spec(quantizer: QuantizerSpec | str) -> QuantizerSpec:
 
 
 def make_students(teacher_sections: Sequence[nn.Module], plan: Plan | None = None,
-                  quantizer: QuantizerSpec | str = "dorefa") -> tuple[list[nn.Sequential], dict[str, LayerBits]]:
+                  quantizer: QuantizerSpec | str = "dorefa") -> tuple[list[nn.Module], dict[str, LayerBits]]:
     """Quantized copies of the teacher's sections and the resolved bits (full-model names).
 
-    The stitched students carry exactly the plan ``quantize_`` gives the whole teacher.
+    The stitched students carry exactly the plan ``quantize_`` gives the whole teacher (sections of
+    a traced model hold its layers under their full paths, in its registration order).
     """
     points = split_points(teacher_sections)
-    whole = copy.deepcopy(stitch(teacher_sections))
+    whole = copy_stitched(teacher_sections)
     resolved = quantize_(whole, plan, quantizer_spec(quantizer))
     return (split(whole, at=points) if points else [whole]), dict(resolved)
 
@@ -105,8 +105,8 @@ def dcq_quantize(teacher: nn.Module | Sequence[nn.Module], train_loader, *, plan
         metrics: MetricsWriter | None = None, reporter: Reporter = QUIET) -> DCQResult:
     """Quantize ``teacher`` with DCQ and return the stitched quantized network and the details.
 
-    ``teacher``: a float ``nn.Sequential`` (cut by ``split_at`` or ``sections``/``balance``, see
-    :func:`lowbit.distill.sections.split`), or a list of its sections. ``train_loader`` yields
+    ``teacher``: a float ``nn.Sequential``, or any torch.fx-traceable model (cut by ``split_at`` or
+    ``sections``/``balance``, see :func:`lowbit.distill.sections.split`), or a list of its sections. ``train_loader`` yields
     ``(x, y)`` batches (an ``ArrayLoader`` for reproducible order and for feature caching);
     ``eval_loader`` (optional) gives the stitched and fine-tuned accuracies. The teacher itself is
     not changed.

@@ -9,7 +9,9 @@ The teacher is a frozen copy (eval mode, no gradients). Every teacher call sees 
 ``batch_size`` samples (the loader's batch size; a short last batch is zero-padded and the
 padding dropped): CPU kernels may round differently for another batch size, and with a fixed
 one a sample's features never depend on the other samples in its batch. That is what makes the
-cached features bitwise equal to the on-the-fly ones.
+cached features bitwise equal to the on-the-fly ones. Each section gets a copy of its input, so
+a section that works in place on it (a traced model's ``ReLU(inplace=True)`` right after a cut)
+cannot change the boundary feature already kept.
 
 Cache (``cache_dir``): one ``boundary{b}.npy`` per boundary 1..K holding every sample of the
 loader's data in index order (float32, read memory-mapped), and ``meta.json`` written last with
@@ -20,7 +22,6 @@ augmentation (the features of an augmented sample change every epoch).
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ from torch import nn
 
 from lowbit import __version__
 from lowbit.data import ArrayLoader
-from lowbit.distill.sections import child_names, split, split_points, stitch
+from lowbit.distill.sections import child_names, copy_stitched, split, split_points
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_json
 from lowbit.train import QUIET, Reporter
@@ -44,10 +45,10 @@ META_FILE = "meta.json"
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (section input, section target, labels)
 
 
-def frozen_copy(sections: Sequence[nn.Module]) -> list[nn.Sequential]:
+def frozen_copy(sections: Sequence[nn.Module]) -> list[nn.Module]:
     """An eval-mode, gradient-free copy of ``sections`` (cut at the same points)."""
     points = split_points(sections)
-    whole = copy.deepcopy(stitch(sections)).eval().requires_grad_(False)
+    whole = copy_stitched(sections).eval().requires_grad_(False)
     return split(whole, at=points) if points else [whole]
 
 
@@ -109,7 +110,7 @@ class TeacherFeatures:
                 part = torch.cat([part, part.new_zeros((size - n, *part.shape[1:]))])
             outs, h = [], part
             for section in self.sections[:upto]:
-                h = section(h)
+                h = section(h.clone())  # a section may work in place on its input (ReLU(inplace=True))
                 outs.append(h[:n])
             chunks.append(outs)
         if len(chunks) == 1:

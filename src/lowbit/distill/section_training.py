@@ -25,7 +25,7 @@ from torch import nn
 
 from lowbit.distill.config import FEATURE_LOSSES, DCQConfig, SectionResult, section_seed
 from lowbit.distill.features import TeacherFeatures
-from lowbit.distill.sections import describe, stitch
+from lowbit.distill.sections import describe, restore_order, stitch
 from lowbit.errors import ConfigError
 from lowbit.nn import aux_loss_terms, is_quantizer_param
 from lowbit.nn.convert import quantizable_layers
@@ -45,7 +45,7 @@ class SectionJob:
     """Everything one section's training needs; picklable, so it can go to a worker process."""
 
     index: int
-    student: nn.Sequential
+    student: nn.Module
     features: TeacherFeatures
     config: DCQConfig
     label: str = ""
@@ -173,6 +173,7 @@ def _section_worker(payload: bytes) -> bytes:
     """Worker process entry: unpickle a job, train it at the configured thread count, send back
     the trained state dict and the history (as a torch.save blob)."""
     job: SectionJob = pickle.loads(payload)
+    restore_order(job.student)  # an unpickled GraphModule section holds its layers in graph order
     torch.set_num_threads(job.config.threads_per_worker)
     result = train_section(job)
     buffer = io.BytesIO()
@@ -182,7 +183,7 @@ def _section_worker(payload: bytes) -> bytes:
 
 # ---- all sections -----------------------------------------------------------------------------
 
-def train_sections(students: Sequence[nn.Sequential], features: TeacherFeatures, config: DCQConfig, *,
+def train_sections(students: Sequence[nn.Module], features: TeacherFeatures, config: DCQConfig, *,
                    order: Sequence[int] | None = None, metrics: MetricsWriter | None = None,
                    reporter: Reporter = QUIET) -> list[SectionResult]:
     """Train every student section in place (in ``order``, or in ``config.workers`` processes);
