@@ -12,13 +12,14 @@
    interval over seeds (``lowbit.report.stats``); "within noise" when it covers 0.
 
 A run whose folder already holds ``result.json`` is read, not rerun, so an interrupted comparison
-continues where it stopped.
+continues where it stopped (the run that was interrupted starts over in its folder).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,6 +96,8 @@ def run_command(command: str, options: dict[str, Any], out: Path, reporter: Repo
     folder = RunFolder(out)
     if folder.file("result.json").exists():
         return folder.read_result()
+    if out.is_dir():  # a run of this comparison that was interrupted: it starts over
+        shutil.rmtree(out)
     spec = COMMANDS[command]
     built = merge_options(spec.options, [options, {"out": str(out)}])
     return spec.run(built, reporter=reporter, command=f"lowbit compare ({command})")
