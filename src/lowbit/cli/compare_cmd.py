@@ -33,6 +33,7 @@ from lowbit.errors import ConfigError, did_you_mean
 from lowbit.runs.config_run import COMMANDS, check_mapping
 from lowbit.runs.folder import CONFIG_FILE
 from lowbit.runs.protocol import Arm, Protocol, compare
+from lowbit.search.strategies import STRATEGIES
 from lowbit.train import Reporter
 
 DESCRIPTION = ("Compare methods fairly: every arm gets the same number of tuning trials, scored on a hold-out of "
@@ -55,7 +56,7 @@ def _command_of_run(saved: dict[str, Any]) -> str:
         return "waveq"
     if method.startswith("dcq-"):
         return "dcq"
-    return "search" if method in ("releq", "random", "greedy") else "train"
+    return "search" if method in STRATEGIES else "train"
 
 
 def _arm_source(name: str, entry: dict[str, Any], base: Path) -> tuple[str, dict[str, Any]]:

@@ -34,8 +34,10 @@ measured on a validation split held out from train (cached on disk). The best pl
 fine-tune and one test-set evaluation."""
 
 SEARCH = """Per-layer bitwidth search with the ReLeQ agent or a comparator (random search,
-greedy layer-by-layer descent), all under the same evaluator, cache, evaluation budget and reward.
-The best plan by reward gets a full fine-tune and one test-set evaluation."""
+greedy layer-by-layer descent, Optuna's TPE, or HAWQ: Hessian-trace sensitivity and an integer
+program under a --budget-bits/--budget-bytes/--budget-bops budget), all under the same evaluator,
+cache, evaluation budget and reward. The best plan by reward gets a full fine-tune and one
+test-set evaluation."""
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -77,6 +79,6 @@ def run_commands() -> dict[str, tuple[str, str, Command]]:
                   options_command(WaveQOptions, run_waveq)),
         "releq": ("search a per-layer plan with the ReLeQ agent (PPO)", RELEQ,
                   options_command(SearchOptions, run_search, skip=("strategy",), check=_releq_only)),
-        "search": ("per-layer bitwidth search: releq, random or greedy", SEARCH,
+        "search": ("per-layer bitwidth search: releq, random, greedy, tpe or hawq", SEARCH,
                    options_command(SearchOptions, run_search)),
     }

@@ -1,5 +1,6 @@
 """``lowbit search`` / ``lowbit releq``: per-layer bitwidth search, ReLeQ (Elthakeb et al.), METHODS.md
-section 5, and its comparators (random search, greedy descent), writing one run folder.
+section 5, and its comparators (random search, greedy descent, HAWQ's integer program over the
+layers' sensitivity, Optuna's TPE), writing one run folder.
 
 The Python entry point is :func:`run_search` with :class:`SearchOptions`. Steps:
 
@@ -13,8 +14,14 @@ The Python entry point is :func:`run_search` with :class:`SearchOptions`. Steps:
    ``lowbit.search.budget`` for the resumed budget). ReLeQ keeps its agent in ``OUT/agent``.
    With ``workers > 1`` random search and ReLeQ evaluate plans in that many worker processes
    (one torch thread each; ``lowbit.search.parallel``): random search ends with the same plans
-   as the serial one (run at ``--threads 1``), ReLeQ runs that many environments in lockstep;
-   greedy descent stays serial.
+   as the serial one (run at ``--threads 1``), ReLeQ runs that many environments in lockstep,
+   HAWQ evaluates its candidates as one batch; greedy descent and TPE stay serial.
+   A cost budget (``--budget-bits``, ``--budget-bytes`` or ``--budget-bops``, at most one;
+   ``lowbit.search.limits``) applies to every strategy: no plan over it is evaluated or chosen;
+   it is checked against the cheapest plan before anything is written. HAWQ needs one; it first
+   measures the layers' sensitivity on the float model (``lowbit.search.sensitivity``: Hutchinson
+   traces on ``hessian_batches`` batches of the evaluator's training subset) into
+   ``OUT/sensitivity.json``, reused on resume when the float weights and settings match.
 3. The best plan by reward is written to plan.json (one explicit entry per layer), fine-tuned
    from the float weights for ``finetune_epochs`` on the train split (minus validation), and
    evaluated once on the test split -> model.ckpt, result.json.
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +58,10 @@ from lowbit.runs.model_io import MODEL_FILE, load_float_weights, save_model
 from lowbit.runs.options import RunOptions, option, quantizer_names
 from lowbit.runs.train_run import float_run_options, run_train
 from lowbit.search import CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
+from lowbit.search.hawq import CANDIDATES as HAWQ_CANDIDATES
+from lowbit.search.limits import CostBudget, SpaceCosts
 from lowbit.search.parallel import ParallelEvaluator
+from lowbit.search.sensitivity import SENSITIVITY_FILE, Sensitivity, load_or_compute
 from lowbit.search.setup import LoggedEvaluator, evaluator_loaders, parse_bits
 from lowbit.search.strategies import STRATEGIES, run_strategy, search_summary
 from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
@@ -86,7 +97,25 @@ class SearchOptions(RunOptions):
     finetune_lr: float = option(QUANTIZED_FINETUNE.lr, "its learning rate (lowbit.recipes)")
     workers: int = option(1, "evaluate plans in N worker processes, one torch thread each: random search ends "
                           "as the serial one (at --threads 1) does; ReLeQ steps N environments together (N must "
-                          "divide its 8 episodes per update); greedy stays serial", low=1, metavar="N")
+                          "divide its 8 episodes per update); HAWQ evaluates its candidates together; greedy and TPE "
+                          "stay serial", low=1, metavar="N")
+    budget_bits: float | None = option(None, "cost budget: average weight bits over the quantized layers (searched "
+                                       "and pinned, as avg_bits) at most B; every strategy returns the best plan "
+                                       "within it", metavar="B", default_text="no cost budget")
+    budget_bytes: int | None = option(None, "cost budget: packed model size (result.json's size_bytes) at most N "
+                                      "bytes", low=1, metavar="N", default_text="no cost budget")
+    budget_bops: int | None = option(None, "cost budget: bit-operations per sample (MACs x weight bits x activation "
+                                     "bits, float = 32; result.json's compute.bops) at most N", low=1, metavar="N",
+                                     default_text="no cost budget")
+    hawq_candidates: str = option("kbest", "HAWQ: the plans its evaluations go to: kbest (the integer program's k "
+                                  "best plans under the budget) or sweep (its optima under k budgets down to the "
+                                  "cheapest plan)", choices=HAWQ_CANDIDATES, metavar="MODE")
+    hessian_probes: int = option(32, "HAWQ: Rademacher probes of the Hutchinson trace estimates", low=2,
+                                metavar="P")
+    hessian_batches: int = option(2, "HAWQ: training batches the Hessian traces are measured on", low=1,
+                                 metavar="N")
+    sensitivity_loss: bool = option(False, "HAWQ: also measure each layer's validation loss change quantized alone, "
+                                    "at every bit choice (recorded in sensitivity.json; layers x choices passes)")
     resume: bool = option(False, "continue the search in --out, reusing its evaluated plans")
     strict: bool = option(False, "exit with code 3 when the final fine-tune fails its health checks; the run "
                           "folder is written either way")
@@ -99,6 +128,16 @@ class SearchOptions(RunOptions):
             raise ConfigError(f"time_limit must be a number of seconds > 0, got {self.time_limit!r}")
         if self.max_evals is None and self.time_limit is None:
             raise ConfigError("give the search a budget: --max-evals N and/or --time-limit SECONDS")
+        given = [flag for flag, value in (("--budget-bits", self.budget_bits), ("--budget-bytes", self.budget_bytes),
+                                          ("--budget-bops", self.budget_bops)) if value is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give one cost budget, not {' and '.join(given)}")
+        if self.budget_bits is not None and (isinstance(self.budget_bits, bool) or not math.isfinite(self.budget_bits)
+                                             or not self.budget_bits > 0):
+            raise ConfigError(f"--budget-bits must be a number of bits > 0, got {self.budget_bits!r}")
+        if self.strategy == "hawq" and not given:
+            raise ConfigError("hawq allocates bits under a cost budget: give --budget-bits B, --budget-bytes N or "
+                              "--budget-bops N")
         if self.quantizer not in quantizer_names():
             raise ConfigError(f"the search needs a quantizer ({', '.join(quantizer_names())}), "
                               f"not {self.quantizer!r}")
@@ -125,6 +164,13 @@ class SearchOptions(RunOptions):
 
     def space(self, model: nn.Module) -> SearchSpace:
         return SearchSpace.from_model(model, self.bits(), self.pin_first_last, self.search_acts, self.acts())
+
+    def cost_kind(self) -> tuple[str, float] | None:
+        """(kind, value) of the cost budget, or None."""
+        for kind, value in (("bits", self.budget_bits), ("bytes", self.budget_bytes), ("bops", self.budget_bops)):
+            if value is not None:
+                return kind, float(value) if kind == "bits" else value
+        return None
 
     def reward_config(self) -> RewardConfig:
         return RewardConfig(th=self.reward_th, a=self.reward_a, b=self.reward_b)
@@ -165,6 +211,33 @@ def check_search(options: SearchOptions, model: nn.Module) -> Any:
     return ppo
 
 
+def cost_budget(options: SearchOptions, model: nn.Module, sample_input: torch.Tensor) -> CostBudget | None:
+    """The cost budget of the options (None without one), checked against the cheapest plan: the
+    costs depend on the layers' shapes and the quantizer, not on the weights' values, so this
+    runs before the float model is trained."""
+    wanted = options.cost_kind()
+    if wanted is None:
+        return None
+    model = copy.deepcopy(model).cpu()
+    space = options.space(model)
+    costs = SpaceCosts.from_model(model, space, options.spec(), sample_input.cpu() if wanted[0] == "bops" else None)
+    budget = CostBudget(wanted[0], wanted[1], costs)
+    budget.check_feasible()
+    return budget
+
+
+def _sensitivity(started: StartedRun, space: SearchSpace, spec: QuantizerSpec) -> Sensitivity:
+    """The layers' sensitivity on the float model (reused from OUT/sensitivity.json when it matches)."""
+    options = started.options
+    train, val = evaluator_loaders(started.data, options.eval_train_size, options.batch_size, options.seed)
+    started.reporter.log(f"measuring the layers' sensitivity ({options.hessian_probes} Hutchinson probes on "
+                         f"{options.hessian_batches} training batches)")
+    return load_or_compute(started.folder.file(SENSITIVITY_FILE), started.model, space, spec, train,
+                           probes=options.hessian_probes, n_batches=options.hessian_batches, seed=options.seed,
+                           val=val if options.sensitivity_loss else None, device=options.device,
+                           log=started.reporter.log)
+
+
 def _train_float(started: StartedRun) -> None:
     """Train the float model into OUT/float (reused, or continued, on resume) and load it into the run's model."""
     options, folder = started.options, started.folder.file(FLOAT_DIR)
@@ -184,18 +257,20 @@ def _evaluator(started: StartedRun, space: SearchSpace, spec: QuantizerSpec) -> 
     inner = FineTuneEvaluator(started.model, space, eval_train, val_loader, steps=options.eval_steps,
                               quantizer=spec, lr=options.eval_lr, seed=options.seed, device=options.device)
     logged = LoggedEvaluator(inner, reporter, "plan")
-    workers = 1 if options.strategy == "greedy" else options.workers  # greedy evaluates one plan at a time
+    serial = options.strategy in ("greedy", "tpe")  # each of their plans depends on the last accuracy
+    workers = 1 if serial else options.workers
     if workers != options.workers:
-        reporter.log(f"greedy descent evaluates one plan at a time: --workers {options.workers} is not used")
+        reporter.log(f"{options.strategy} evaluates one plan at a time: --workers {options.workers} is not used")
     cache = started.folder.file(CACHE_FILE)
     return (CachedEvaluator(logged, space, cache) if workers == 1 else
             ParallelEvaluator(logged, space, cache, workers=workers, worker_evaluator=inner, on_result=logged.log))
 
 
-def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: Any
-            ) -> tuple[SearchOutcome, CachedEvaluator]:
+def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: Any,
+            limit: CostBudget | None = None) -> tuple[SearchOutcome, CachedEvaluator]:
     """The strategy under the evaluator; metrics.jsonl gets one ``phase: "search"`` line per plan visited."""
     options = started.options
+    sensitivity = _sensitivity(started, space, spec) if options.strategy == "hawq" else None
     evaluator = _evaluator(started, space, spec)
     cached = {r.key for r in evaluator.records}
     try:
@@ -203,7 +278,8 @@ def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: A
                                time_limit=options.time_limit, seed=options.seed,
                                reward_config=options.reward_config(), weighted_state=options.weighted_state,
                                ppo=ppo, agent_dir=started.folder.file(AGENT_DIR), resume=options.resume,
-                               workers=options.workers, reporter=started.reporter)
+                               workers=options.workers, reporter=started.reporter, cost_budget=limit,
+                               sensitivity=sensitivity, hawq_candidates=options.hawq_candidates)
     finally:
         if isinstance(evaluator, ParallelEvaluator):
             evaluator.close()
@@ -239,6 +315,7 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
                         check=lambda folder: _check_folder(folder, options.resume))
     spec, net, folder = options.spec(), started.model, started.folder
     ppo = check_search(options, net)
+    limit = cost_budget(options, net, started.args.sample_input())
     started.write_config(options.strategy, resume=options.resume)
     if options.init is None:
         _train_float(started)
@@ -246,7 +323,7 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     # the agent's features (weight std per layer) come from the float weights, final only now
     space = options.space(net)
     fp_accuracy = evaluate(net, started.eval_loader("test"), options.device)[1]
-    outcome, evaluator = _search(started, space, spec, ppo)
+    outcome, evaluator = _search(started, space, spec, ppo, limit)
     best = outcome.best
     plan = Plan.from_layer_bits(space.resolved(best.choices))
     plan.save(folder.file(PLAN_FILE))

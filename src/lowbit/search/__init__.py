@@ -2,8 +2,12 @@
 
 The pieces every strategy shares: the search space (layers, bit choices, pins, plan keys), the
 ReLeQ reward, the cached plan -> accuracy evaluator, the evaluation budget, the gymnasium
-environment the PPO agent trains in, and the random / greedy / exhaustive comparators. Only
-``lowbit.search.releq`` (the agent) imports stable-baselines3; nothing here does.
+environment the PPO agent trains in, and the random / greedy / exhaustive comparators; and the
+solvers a user would pick instead (issue 19): per-layer sensitivity (``sensitivity``: Hutchinson
+Hessian traces and quantization perturbations), HAWQ's integer program (``hawq``, SciPy's
+``milp``) and Optuna's TPE (``tpe``), with the cost budget every strategy respects
+(``limits``: average bits, bytes or BOPs). Only ``lowbit.search.releq`` (the agent) imports
+stable-baselines3; nothing here does (SciPy and Optuna load when a solver runs).
 
 >>> space = SearchSpace.from_model(model, bit_choices=(2, 3, 4, 5, 8))
 >>> evaluator = CachedEvaluator(FineTuneEvaluator(model, space, train_loader, val_loader), space, "cache.jsonl")
@@ -20,10 +24,14 @@ from lowbit.search.budget import Budget, BudgetExhausted, BudgetTracker
 from lowbit.search.env import BitwidthEnv
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
 from lowbit.search.finetune import FineTuneEvaluator
+from lowbit.search.hawq import hawq_search, solve_allocation
+from lowbit.search.limits import CostBudget, SpaceCosts
 from lowbit.search.outcome import EvalRecord, SearchOutcome, best_by_reward, hypervolume, pareto_front
 from lowbit.search.reward import RewardConfig, plan_reward, releq_reward
+from lowbit.search.sensitivity import Sensitivity, layer_sensitivity
 from lowbit.search.space import Bits, Choices, LayerInfo, SearchSpace
 from lowbit.search.synthetic import SyntheticEvaluator
+from lowbit.search.tpe import tpe_search
 
 __all__ = [
     "BitwidthEnv",
@@ -33,6 +41,7 @@ __all__ = [
     "BudgetTracker",
     "CachedEvaluator",
     "Choices",
+    "CostBudget",
     "EvalRecord",
     "Evaluator",
     "FineTuneEvaluator",
@@ -40,17 +49,23 @@ __all__ = [
     "RewardConfig",
     "SearchOutcome",
     "SearchSpace",
+    "Sensitivity",
+    "SpaceCosts",
     "SyntheticEvaluator",
     "best_by_reward",
     "check_accuracy",
     "exhaustive_search",
     "greedy_search",
+    "hawq_search",
     "hypervolume",
+    "layer_sensitivity",
     "pareto_front",
     "plan_reward",
     "random_search",
     "releq_reward",
     "releq_search",
+    "solve_allocation",
+    "tpe_search",
 ]
 
 

@@ -17,6 +17,21 @@ budget and reward (``plan_reward``, the ReLeQ terminal reward) as the agent.
 
 Each returns a :class:`SearchOutcome`; ``settings["stopped"]`` says why it ended.
 
+Cost budget (``cost_budget``, a :class:`~lowbit.search.limits.CostBudget`: "the best plan under
+B"; none by default, and then nothing below applies and the searches are exactly as above). A
+plan over the budget is never evaluated and never a record, so the best plan is within it:
+
+- random search redraws (rejection sampling: the plans it visits are uniform over the plans
+  within the budget; the draws it rejects are counted in ``settings["rejected"]`` and cost no
+  evaluation). It stops when every plan within the budget has been seen (counted by
+  ``CostBudget.count_within``; when that count is out of reach, after ``max_stall`` draws in a
+  row that bring no new plan), or after ``max_stall`` rejections in a row ("no plan within the
+  cost budget");
+- greedy descent starts from the uniform plan with the most bits within the budget
+  (``CostBudget.largest_uniform``) instead of the largest bits; its steps only lower bits, and
+  every cost falls or stays when bits fall, so it stays within (a step over it would be rejected);
+- exhaustive search skips the plans over the budget.
+
 Given a :class:`~lowbit.search.parallel.ParallelEvaluator` with ``workers > 1``, random and
 exhaustive search draw plans ahead and evaluate the new ones in batches in its worker processes,
 with the same outcome as the serial search (plans, order, counts, budget); greedy descent stays
@@ -33,12 +48,16 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.errors import ConfigError
 from lowbit.search.budget import Budget
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
+from lowbit.search.limits import CostBudget
 from lowbit.search.outcome import EvalRecord, SearchOutcome
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig, plan_reward
 from lowbit.search.space import Bits, ChoiceLike, Choices, SearchSpace
+
+MAX_STALL = 10_000  # with a cost budget: draws in a row without a new plan (or within the budget) before stopping
 
 
 class _Plans:
@@ -96,8 +115,13 @@ class _Run:
     """One search's bookkeeping: its records (with rewards), new evaluations and cache hits."""
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, budget: Budget, reward_config: RewardConfig,
-                 weighted_state: bool, acc_float: float | None) -> None:
+                 weighted_state: bool, acc_float: float | None, cost_budget: CostBudget | None = None) -> None:
         self.space = space
+        self.cost_budget = cost_budget
+        if cost_budget is not None:
+            if cost_budget.space.to_dict() != space.to_dict():
+                raise ConfigError("the cost budget was built for another search space")
+            cost_budget.check_feasible()
         self.ev = evaluator if isinstance(evaluator, CachedEvaluator) else CachedEvaluator(evaluator, space)
         self.reward_config = reward_config
         self.weighted_state = weighted_state
@@ -111,7 +135,13 @@ class _Run:
     def can_visit(self, choices: Sequence[ChoiceLike]) -> bool:
         return self.ev.is_cached(choices) or not self.tracker.exhausted()
 
+    def within(self, choices: Sequence[ChoiceLike]) -> bool:
+        """Whether the plan is within the cost budget (always, without one)."""
+        return self.cost_budget is None or self.cost_budget.allows(choices)
+
     def visit(self, choices: Sequence[ChoiceLike]) -> EvalRecord:
+        if not self.within(choices):
+            raise ConfigError(f"plan {self.space.key(choices)} is over the cost budget; it must not be evaluated")
         record = self.ev.evaluate(choices)
         reward = plan_reward(self.space, record.choices, record.accuracy, self.acc_float, self.reward_config,
                              self.weighted_state)
@@ -129,6 +159,8 @@ class _Run:
         return max(1, min(self.ev.workers, self.budget.max_evals - self.tracker.used_evals))
 
     def outcome(self, strategy: str, **settings: Any) -> SearchOutcome:
+        if self.cost_budget is not None:
+            settings = {"cost_budget": self.cost_budget.to_dict(), **settings}
         return SearchOutcome(strategy=strategy, records=list(self.records.values()),
                              evaluations=self.tracker.used_evals, cache_hits=self.ev.cache_hits - self.hits0,
                              wall_s=time.perf_counter() - self.t0, acc_float=self.acc_float,
@@ -139,38 +171,60 @@ class _Run:
 
 def random_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), seed: int = 0, *,
                   reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
-                  acc_float: float | None = None, max_draws: int | None = None) -> SearchOutcome:
+                  acc_float: float | None = None, max_draws: int | None = None,
+                  cost_budget: CostBudget | None = None, max_stall: int = MAX_STALL) -> SearchOutcome:
     """Uniform random plans until the budget is spent (module docstring)."""
-    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float, cost_budget)
     rng = np.random.default_rng(seed)
+    rejected = [0, 0]  # in all, in a row
 
-    def draw() -> Choices:
-        actions = rng.integers(0, space.n_actions, size=space.n_searched)
-        return space.normalize([space.decode(int(a)) for a in actions])
+    def draw() -> Choices | None:
+        while True:
+            actions = rng.integers(0, space.n_actions, size=space.n_searched)
+            plan = space.normalize([space.decode(int(a)) for a in actions])
+            if run.within(plan):
+                rejected[1] = 0
+                return plan
+            rejected[0] += 1
+            rejected[1] += 1
+            if rejected[1] >= max_stall:
+                return None
 
-    plans = _Plans(run, draw, distinct_cap=space.n_plans, max_plans=max_draws)
+    distinct = space.n_plans if cost_budget is None else cost_budget.count_within()
+    plans = _Plans(run, draw, distinct_cap=distinct, max_plans=max_draws)
     stopped = "space exhausted"
-    while len(run.records) < space.n_plans:
+    stall = 0
+    while distinct is None or len(run.records) < distinct:
         if max_draws is not None and plans.taken >= max_draws:
             stopped = "max_draws"
             break
         choices = plans.next()
-        assert choices is not None
+        if choices is None:
+            stopped = "no plan within the cost budget"
+            break
         if not run.can_visit(choices):
             stopped = "budget"
             break
         if not run.ev.is_cached(choices):
             plans.prefetch(choices)
+        before = len(run.records)
         run.visit(choices)
-    return run.outcome("random", seed=seed, draws=plans.taken, stopped=stopped)
+        stall = 0 if len(run.records) > before else stall + 1
+        if cost_budget is not None and stall >= max_stall:
+            stopped = "stalled"
+            break
+    if cost_budget is None:
+        return run.outcome("random", seed=seed, draws=plans.taken, stopped=stopped)
+    return run.outcome("random", seed=seed, draws=plans.taken, rejected=rejected[0], stopped=stopped)
 
 
 def greedy_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), *,
                   reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
-                  acc_float: float | None = None, passes: int = 1) -> SearchOutcome:
-    """Layer-by-layer descent from the largest bits (module docstring)."""
-    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
-    current: list[Bits] = list(space.uniform())
+                  acc_float: float | None = None, passes: int = 1,
+                  cost_budget: CostBudget | None = None) -> SearchOutcome:
+    """Layer-by-layer descent from the largest bits (within the cost budget; module docstring)."""
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float, cost_budget)
+    current: list[Bits] = list(space.uniform() if cost_budget is None else cost_budget.largest_uniform())
     if not run.can_visit(current):
         return run.outcome("greedy", passes=passes, stopped="budget")
     best = run.visit(current)
@@ -184,6 +238,8 @@ def greedy_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Bud
                 for bits in sorted((b for b in options if b < current[i][field]), reverse=True):
                     candidate = list(current)
                     candidate[i] = (bits, current[i][1]) if field == 0 else (current[i][0], bits)
+                    if not run.within(candidate):  # cannot happen (fewer bits never cost more): rejected
+                        break
                     if not run.can_visit(candidate):
                         return run.outcome("greedy", passes=passes, stopped="budget")
                     record = run.visit(candidate)
@@ -198,16 +254,17 @@ def greedy_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Bud
 
 def exhaustive_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), *,
                       reward_config: RewardConfig = RewardConfig(), weighted_state: bool = False,
-                      acc_float: float | None = None) -> SearchOutcome:
-    """Every distinct plan of the space (``space.n_plans`` of them), unless the budget ends it first."""
-    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float)
+                      acc_float: float | None = None, cost_budget: CostBudget | None = None) -> SearchOutcome:
+    """Every distinct plan of the space (``space.n_plans`` of them; those within the cost budget),
+    unless the budget ends it first."""
+    run = _Run(space, evaluator, budget, reward_config, weighted_state, acc_float, cost_budget)
     fixed = space.act_bits
     per_layer = []
     for name in space.searched_names:
         acts = space.act_choices if space.act_searched(name) else (space.act_choices[-1] if space.search_acts
                                                                    else fixed,)
         per_layer.append([(w, a) for w in space.bit_choices for a in acts])
-    product: Iterator[Choices] = iter(itertools.product(*per_layer))
+    product: Iterator[Choices] = (plan for plan in itertools.product(*per_layer) if run.within(plan))
     plans = _Plans(run, lambda: next(product, None))
     while (choices := plans.next()) is not None:
         if not run.can_visit(choices):

@@ -24,6 +24,10 @@ until the last layer), so acc_state starts each episode at 1.0: the environment 
 deterministic function of the actions, and ``reset(seed=...)`` only seeds ``np_random`` (which
 the environment itself does not draw from). ``get_state``/``set_state`` save and restore an
 episode in progress as plain JSON-able data.
+
+Cost budget (``cost_budget``, ``lowbit.search.limits``; none by default): a finished plan over it
+is not evaluated; the episode ends with reward -1 (the reward of a plan below the accuracy
+threshold, the lowest the ReLeQ reward gives) and ``info["over_budget"] = True`` (accuracy None).
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from gymnasium import spaces
 from lowbit.errors import ConfigError
 from lowbit.quant.bits import LOW_BITS, check_bits
 from lowbit.search.evaluator import Evaluator, check_accuracy
+from lowbit.search.limits import CostBudget
 from lowbit.search.reward import RewardConfig, releq_reward
 from lowbit.search.space import Bits, SearchSpace
 
 N_FEATURES = 8
+OVER_BUDGET_REWARD = -1.0
 STATE_FORMAT = "lowbit-bitwidth-env"
 STATE_VERSION = 1
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
@@ -55,8 +61,10 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
     metadata = {"render_modes": []}
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, *, reward_config: RewardConfig = RewardConfig(),
-                 weighted_state: bool = False, acc_float: float | None = None, start_bits: int = 8) -> None:
+                 weighted_state: bool = False, acc_float: float | None = None, start_bits: int = 8,
+                 cost_budget: CostBudget | None = None) -> None:
         self.space = space
+        self.cost_budget = cost_budget
         self.evaluator = evaluator
         self.reward_config = reward_config
         self.weighted_state = bool(weighted_state)
@@ -117,6 +125,12 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
         if self._index < self.n_layers:
             return self._observation(), 0.0, False, False, {}
         choices = self.space.normalize(self._chosen)
+        if self.cost_budget is not None and not self.cost_budget.allows(choices):
+            state = self.space.quant_state(choices, self.weighted_state)
+            info = {"plan_key": self.space.key(choices), "choices": [list(c) for c in choices], "accuracy": None,
+                    "avg_bits": self.space.avg_bits(choices), "weighted_bits": self.space.weighted_bits(choices),
+                    "quant_state": state, "reward": OVER_BUDGET_REWARD, "over_budget": True}
+            return self._observation(), OVER_BUDGET_REWARD, True, False, info
         accuracy = check_accuracy(self.evaluator(choices), f"plan {self.space.key(choices)}")
         self._last_accuracy = accuracy
         state = self.space.quant_state(choices, self.weighted_state)

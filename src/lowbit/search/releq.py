@@ -60,6 +60,7 @@ from lowbit.errors import CheckpointError, ConfigError
 from lowbit.search.budget import Budget, BudgetExhausted
 from lowbit.search.env import BitwidthEnv
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
+from lowbit.search.limits import CostBudget
 from lowbit.search.outcome import EvalRecord, SearchOutcome
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
@@ -109,8 +110,9 @@ class _Gate:
     """The evaluator as the environment sees it: counts distinct plans and enforces the budget."""
 
     def __init__(self, space: SearchSpace, evaluator: CachedEvaluator, budget: Budget, visited: list[str],
-                 elapsed_before: float) -> None:
+                 elapsed_before: float, cost_budget: CostBudget | None = None) -> None:
         self.space, self.evaluator, self.budget = space, evaluator, budget
+        self.cost_budget = cost_budget
         self.visited, self.seen = visited, set(visited)
         self.start = time.perf_counter() - elapsed_before
 
@@ -145,8 +147,8 @@ class _Gate:
             return
         admitted, seen, visited = [], set(self.seen), len(self.visited)
         for choices in plans:
-            if choices is None:
-                continue
+            if choices is None or (self.cost_budget is not None and not self.cost_budget.allows(choices)):
+                continue  # still running, or over the cost budget (the environment does not evaluate it)
             key = self.space.key(choices)
             if key not in seen:
                 if self._refusal(visited) is not None:
@@ -241,7 +243,8 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                  weighted_state: bool = False, acc_float: float | None = None, state_dir: str | Path | None = None,
                  resume: bool = False, max_episodes: int | None = None,
                  stop_after_updates: int | None = None, n_envs: int | None = None,
-                 on_episode: Callable[[dict[str, Any]], None] | None = None) -> SearchOutcome:
+                 on_episode: Callable[[dict[str, Any]], None] | None = None,
+                 cost_budget: CostBudget | None = None) -> SearchOutcome:
     """Search per-layer bits with PPO until the budget is spent (module docstring).
 
     ``on_episode`` is called with each finished episode's plan key, accuracy, average bits and
@@ -251,6 +254,9 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
     ``stop_after_updates`` ends this call after that many PPO updates, state saved (used to test
     that an interrupted search resumes exactly); the outcome then has ``settings["stopped"] =
     "interrupted"``.
+
+    ``cost_budget``: plans over it end their episode with reward -1 without being evaluated
+    (``lowbit.search.env``); they are not records, so the best plan is within the budget.
     """
     cached = evaluator if isinstance(evaluator, CachedEvaluator) else CachedEvaluator(evaluator, space)
     acc_float = check_accuracy(cached.float_accuracy() if acc_float is None else acc_float, "float model")
@@ -266,9 +272,11 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
     if resume_state is not None:
         progress = _Progress(list(resume_state["episodes"]), list(resume_state["visited"]),
                              set(resume_state["preexisting"]), float(resume_state["elapsed_s"]))
-    gate = _Gate(space, cached, budget, progress.visited, progress.elapsed_s)
+    if cost_budget is not None:
+        cost_budget.check_feasible()
+    gate = _Gate(space, cached, budget, progress.visited, progress.elapsed_s, cost_budget)
     envs = [BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state,
-                        acc_float=acc_float) for _ in range(n_envs)]
+                        acc_float=acc_float, cost_budget=cost_budget) for _ in range(n_envs)]
     env = envs[0]
     vec = DummyVecEnv([lambda: env]) if n_envs == 1 else _LockstepVecEnv(envs, gate)
     agent = _make_agent(vec, space, ppo, seed)
@@ -291,8 +299,12 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         updates, this_call = updates + 1, this_call + 1
         if state_path is not None:
             _save(state_path, agent, envs, progress, gate, updates)
-    return _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
-                    weighted_state, n_envs)
+    outcome = _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
+                       weighted_state, n_envs)
+    if cost_budget is not None:
+        outcome.settings["cost_budget"] = cost_budget.to_dict()
+        outcome.settings["over_budget_episodes"] = sum(1 for e in progress.episodes if e.get("accuracy") is None)
+    return outcome
 
 
 def _check_envs(cached: CachedEvaluator, ppo: PPOSettings, n_envs: int | None) -> int:
@@ -378,8 +390,9 @@ def _outcome(space: SearchSpace, cached: CachedEvaluator, acc_float: float, rewa
         if record is not None and key in rewards:
             records.append(record.with_reward(rewards[key]))
     paid = sum(1 for key in progress.visited if key not in progress.preexisting)
+    over = sum(1 for e in progress.episodes if e.get("accuracy") is None)  # over the cost budget: not evaluated
     return SearchOutcome(strategy="releq", records=records, evaluations=paid,
-                         cache_hits=len(progress.episodes) - paid, wall_s=gate.elapsed(), acc_float=acc_float,
+                         cache_hits=len(progress.episodes) - paid - over, wall_s=gate.elapsed(), acc_float=acc_float,
                          reward_config=reward_config.to_dict(),
                          settings={"budget": budget.to_dict(), "weighted_state": weighted_state, "seed": seed,
                                    "ppo": ppo.to_dict(), "n_envs": n_envs, "episodes": len(progress.episodes),
