@@ -110,7 +110,12 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--runs-dir", default="runs/protocol")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md files from the saved JSON")
     args = parser.parse_args()
+    if args.render_only:
+        for study in args.only:
+            render(study, json.loads((RESULTS / f"protocol_{study}.json").read_text()), Path(args.runs_dir))
+        return 0
     torch.set_num_threads(1)
     runs = Path(args.runs_dir)
     protocol = Protocol(seeds=tuple(args.seeds), trials=TRIALS)
@@ -137,14 +142,57 @@ def main() -> int:
                          "wall_s": {**saved.get("meta", {}).get("wall_s", {}),
                                     ",".join(args.models): time.perf_counter() - start}}
         out_json.write_text(json.dumps(saved, indent=1))
-        render(study, saved)
+        render(study, saved, runs)
     return 0
 
 
-def render(study: str, saved: dict[str, Any]) -> None:
-    lines = [f"# {study} under the comparison protocol", "", f"Command: `{saved['meta']['command']}`", ""]
+NOTES = {
+    "waveq": "WaveQ's arm is WaveQ phase (10 epochs) + fine-tune (5 epochs) at the learned plan; the uniform arms "
+             "train 15 epochs from the same float weights with DoReFa and a learned scale (WaveQ's fine-tune "
+             "quantizer) and lr tuned on the same grid as WaveQ's fine-tune lr; uniform-wK-auto is `lowbit train`'s "
+             "own default (scale auto, the recipe's optimizer), lr tuned on the same grid. Where WaveQ's plans equal "
+             "the uniform plan (the plans column), the difference measures its training phase, not learned bits.",
+    "sinreq": "Both arms start from the same float weights and train 10 epochs; the base tunes lr over 4 values, "
+              "SinReQ gets the same 4 trials over lr x λ (12 points, Optuna TPE picks 4), so it explores lr less.",
+    "dcq": "qat-twn: `lowbit train` with TWN (the quantizer DCQ's students use) for 10 epochs; dcq-twn: 2 sections x "
+           "8 epochs + 2 end-to-end fine-tune epochs; both from the same float weights, lr tuned on the same grid.",
+    "releq": "ReLeQ with the MLP PPO policy; all three strategies: 60 plan evaluations (200-step fine-tunes on 2,000 "
+             "training samples scored on a validation split of train), first/last layers pinned at 8 bits, conv1d "
+             "searches activation bits too; the best plan by reward gets the default 10-epoch fine-tune (lr 0.002, "
+             "not tuned: the same for every strategy) and one test score.",
+}
+
+
+def hypervolume_table(study_dir: Path, comparison: dict[str, Any]) -> list[str]:
+    """The searches' Pareto hypervolume per strategy, paired against the baseline (ReLeQ)."""
+    from lowbit.report.stats import Summary, paired_difference
+
+    volumes = {}
+    for arm in comparison["arms"]:
+        volumes[arm["name"]] = {int(seed): json.loads((study_dir / "final" / arm["name"] / f"s{seed}" /
+                                                        "result.json").read_text())["search"]["hypervolume"]
+                                for seed in arm["test_accuracy"]}
+    base = comparison["baseline"]
+    lines = ["", "| strategy | hypervolume (mean ± sd) | vs " + base + " |", "|---|---|---|"]
+    for name, values in volumes.items():
+        s = Summary.of(list(values.values()))
+        diff = None if name == base else paired_difference(values, volumes[base]).to_dict()
+        text = "baseline"
+        if diff:
+            verdict = "within noise" if diff["within_noise"] else ("larger" if diff["mean"] > 0 else "smaller")
+            interval = f"[{diff['low']:+.3f}, {diff['high']:+.3f}]" if diff["low"] is not None else ""
+            text = f"{diff['mean']:+.3f} {interval}, {verdict}"
+        lines.append(f"| {name} | {s.mean:.3f} ± {s.sd:.3f} | {text} |")
+    return lines + [""]
+
+
+def render(study: str, saved: dict[str, Any], runs: Path = Path("runs/protocol")) -> None:
+    lines = [f"# {study} under the comparison protocol", "", f"Command: `{saved['meta']['command']}`", "",
+             NOTES[study], ""]
     for key, comparison in saved["comparisons"].items():
         lines += [f"## {key}", "", comparison_table(comparison)]
+        if study == "releq" and (runs / study / key).is_dir():
+            lines += hypervolume_table(runs / study / key, comparison)
     (RESULTS / f"protocol_{study}.md").write_text("\n".join(lines))
 
 
