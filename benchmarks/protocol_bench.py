@@ -53,9 +53,9 @@ def waveq_pairs(setup: dict[str, Any], init: str) -> list[tuple[str, list[Arm]]]
     budgets = {"conv1d": (5.0, 5.5), "lenet5": (4.4, 5.0)}[setup["model"]]
     pairs = []
     for wbits, budget in zip((2, 3), budgets):
-        uniform = Arm(f"uniform-w{wbits}", "train", {**setup, "quantizer": "dorefa", "wbits": wbits, "scale": "learned",
-                                                    "init": init, "epochs": 15, "optimizer": "sgd", "warmup_epochs": 0.0,
-                                                    "threads": 1}, {"lr": LR_GRID})
+        uniform = Arm(f"uniform-w{wbits}", "train", {
+            **setup, "quantizer": "dorefa", "wbits": wbits, "scale": "learned", "init": init, "epochs": 15,
+            "optimizer": "sgd", "warmup_epochs": 0.0, "threads": 1}, {"lr": LR_GRID})
         waveq = Arm(f"waveq-b{budget:g}", "waveq", {**setup, "quantizer": "dorefa", "budget": budget, "init": init,
                                                     "epochs": 10, "finetune_epochs": 5, "threads": 1},
                     {"finetune_lr": LR_GRID})
@@ -98,7 +98,8 @@ def releq_pairs(setup: dict[str, Any], init: str) -> list[tuple[str, list[Arm]]]
     same evaluator, the same default final fine-tune (nothing tuned); conv1d searches activations too."""
     acts = {"search_acts": True} if setup["model"] == "conv1d" else {}
     common = {**setup, "init": init, "max_evals": 60, "policy": "mlp", "threads": 1, **acts}
-    return [("strategies", [Arm(name, "search", {**common, "strategy": name}) for name in ("releq", "random", "greedy")])]
+    arms = [Arm(name, "search", {**common, "strategy": name}) for name in ("releq", "random", "greedy")]
+    return [("strategies", arms)]
 
 
 STUDIES = {"waveq": waveq_pairs, "sinreq": sinreq_pairs, "dcq": dcq_pairs, "releq": releq_pairs}
@@ -186,6 +187,22 @@ def hypervolume_table(study_dir: Path, comparison: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def against_default(comparison: dict[str, Any]) -> list[str]:
+    """WaveQ against the uniform plan at lowbit train's own defaults (the third arm), paired by seed."""
+    from lowbit.report.comparison import difference_text
+    from lowbit.report.stats import paired_difference
+
+    arms = {a["name"]: a for a in comparison["arms"]}
+    waveq = next((a for n, a in arms.items() if n.startswith("waveq")), None)
+    default = next((a for n, a in arms.items() if n.endswith("-auto")), None)
+    if waveq is None or default is None:
+        return []
+    diff = paired_difference({int(k): v for k, v in waveq["test_accuracy"].items()},
+                             {int(k): v for k, v in default["test_accuracy"].items()})
+    text = difference_text(diff.to_dict())
+    return [f"{waveq['name']} against {default['name']} (points, paired by seed): {text}.", ""]
+
+
 def render(study: str, saved: dict[str, Any], runs: Path = Path("runs/protocol")) -> None:
     lines = [f"# {study} under the comparison protocol", "", f"Command: `{saved['meta']['command']}`", "",
              NOTES[study], ""]
@@ -193,6 +210,8 @@ def render(study: str, saved: dict[str, Any], runs: Path = Path("runs/protocol")
         lines += [f"## {key}", "", comparison_table(comparison)]
         if study == "releq" and (runs / study / key).is_dir():
             lines += hypervolume_table(runs / study / key, comparison)
+        if study == "waveq":
+            lines += against_default(comparison)
     (RESULTS / f"protocol_{study}.md").write_text("\n".join(lines))
 
 

@@ -3,8 +3,9 @@
 Each field becomes ``--field-name`` typed by its annotation, with its help text and its default
 said once, where the field is declared. Every flag's argparse default is None, so a flag the user
 did not give never overrides the YAML file (``lowbit.cli.config.options_from_args``). A bool that
-defaults to False is a switch; one that defaults to True gets ``--no-NAME``. Choices are listed in the help and checked by the options'
-``validate`` (an unknown one gets a "did you mean"), not by argparse.
+defaults to False is a switch; one that defaults to True gets ``--no-NAME``. Choices are listed in
+the help and checked by the options' ``validate`` (an unknown one gets a "did you mean"), not by
+argparse.
 """
 
 from __future__ import annotations

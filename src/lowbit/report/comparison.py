@@ -46,7 +46,8 @@ def comparison_table(comparison: Mapping[str, Any]) -> str:
              f"loaded while tuning), then its chosen setting run on seeds {', '.join(map(str, p['seeds']))} and "
              f"scored once on test. Differences are paired by seed against {comparison['baseline']}, with a "
              f"{100 * p['confidence']:g}% t-interval.", "",
-             "| arm | tuned over | chosen | test acc % (mean ± sd) | avg bits | plans (weight bits) | vs baseline (points) |",
+             "| arm | tuned over | chosen | test acc % (mean ± sd) | avg bits | plans (weight bits) "
+             "| vs baseline (points) |",
              "|---|---|---|---|---|---|---|"]
     for arm in comparison["arms"]:
         s = arm["summary"]

@@ -187,12 +187,13 @@ def compare(arms: Sequence[Arm], baseline: str, protocol: Protocol, folder: str 
         arm.check()
     results = []
     for arm in arms:
-        reporter.log(f"[bold]{arm.name}[/]: tuning {len(grid(arm.space))} candidate(s), at most {protocol.trials} trial(s)")
+        reporter.log(f"[bold]{arm.name}[/]: tuning {len(grid(arm.space))} candidate(s), "
+                     f"at most {protocol.trials} trial(s)")
         trials = tune(arm, protocol, folder / "tune" / arm.name, run)
         chosen = chosen_setting(trials)
         reporter.log(f"{arm.name}: chose {chosen or 'its defaults (nothing tuned)'}")
-        finals = {seed: run(arm.command, seeded({**arm.options, **chosen}, seed), folder / "final" / arm.name / f"s{seed}")
-                  for seed in protocol.seeds}
+        finals = {seed: run(arm.command, seeded({**arm.options, **chosen}, seed),
+                            folder / "final" / arm.name / f"s{seed}") for seed in protocol.seeds}
         scores = {seed: float(r["accuracy"]) for seed, r in finals.items()}
         results.append(ArmResult(arm.name, arm.command, arm.options, arm.space, trials, chosen, scores,
                                  {seed: float(r.get("avg_bits", 32.0)) for seed, r in finals.items()},
