@@ -285,26 +285,32 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         _restore(agent, envs, resume_state, state_path)
         updates = int(resume_state["updates"])
 
-    callback = _Episodes(progress.episodes, on_episode)
-    this_call = 0
-    while True:
-        stopped = _stop_reason(progress, gate, budget, max_episodes, stop_after_updates, this_call)
-        if stopped is not None:
-            break
-        try:
-            agent.learn(total_timesteps=agent.n_steps * n_envs, reset_num_timesteps=False, callback=callback)
-        except BudgetExhausted:
-            stopped = "budget"
-            break
-        updates, this_call = updates + 1, this_call + 1
-        if state_path is not None:
-            _save(state_path, agent, envs, progress, gate, updates)
+    stopped, updates = _train(agent, envs, progress, gate, budget, _Episodes(progress.episodes, on_episode),
+                              updates, max_episodes, stop_after_updates, state_path)
     outcome = _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
                        weighted_state, n_envs)
     if cost_budget is not None:
         outcome.settings["cost_budget"] = cost_budget.to_dict()
         outcome.settings["over_budget_episodes"] = sum(1 for e in progress.episodes if e.get("accuracy") is None)
     return outcome
+
+
+def _train(agent: Any, envs: list[BitwidthEnv], progress: _Progress, gate: _Gate, budget: Budget,
+           callback: BaseCallback, updates: int, max_episodes: int | None, stop_after_updates: int | None,
+           state_path: Path | None) -> tuple[str, int]:
+    """PPO updates (one rollout each), the state saved after each, until a limit: (why, updates)."""
+    this_call = 0
+    while True:
+        stopped = _stop_reason(progress, gate, budget, max_episodes, stop_after_updates, this_call)
+        if stopped is not None:
+            return stopped, updates
+        try:
+            agent.learn(total_timesteps=agent.n_steps * len(envs), reset_num_timesteps=False, callback=callback)
+        except BudgetExhausted:
+            return "budget", updates
+        updates, this_call = updates + 1, this_call + 1
+        if state_path is not None:
+            _save(state_path, agent, envs, progress, gate, updates)
 
 
 def _check_envs(cached: CachedEvaluator, ppo: PPOSettings, n_envs: int | None) -> int:

@@ -52,7 +52,8 @@ import copy
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,55 @@ def _batches(batches: Iterable[Batch], n_batches: int) -> list[Batch]:
     return out
 
 
+@contextmanager
+def _layer_inputs(model: nn.Module, act_layers: Sequence[str], grad: bool) -> Iterator[dict[str, torch.Tensor]]:
+    """The input of each of ``act_layers`` in every forward, in eval mode (``grad``: a leaf copy that
+    autograd can differentiate to; else detached); the hooks and the model's mode are put back."""
+    modules, captured = dict(model.named_modules()), {}
+
+    def hook(name: str):
+        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            if not grad:
+                captured[name] = inputs[0].detach()
+                return None
+            x = inputs[0].clone()
+            if not x.requires_grad:
+                x.requires_grad_(True)
+            captured[name] = x
+            return (x, *inputs[1:])
+        return pre
+
+    was_training = model.training
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in act_layers]
+    try:
+        model.eval()
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
+def _probe_quadratics(grads: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], probes: int, chunk: int,
+                      generator: torch.Generator) -> torch.Tensor:
+    """``v^T H v`` per probe (rows) and target (columns) for Rademacher ``v``, ``chunk`` probes per pass."""
+    out = torch.zeros(probes, len(targets), dtype=torch.float64)
+    for start in range(0, probes, chunk):
+        count = min(chunk, probes - start)
+        if count == 1:
+            vs = [_rademacher(t.shape, generator, t) for t in targets]
+            hvs = torch.autograd.grad(grads, targets, grad_outputs=vs, retain_graph=True, allow_unused=True)
+            vs, hvs = [v.unsqueeze(0) for v in vs], [None if h is None else h.unsqueeze(0) for h in hvs]
+        else:
+            vs = [_rademacher((count, *t.shape), generator, t) for t in targets]
+            hvs = torch.autograd.grad(grads, targets, grad_outputs=vs, retain_graph=True, allow_unused=True,
+                                      is_grads_batched=True)
+        for j, (v, h) in enumerate(zip(vs, hvs)):
+            if h is not None:
+                out[start:start + count, j] = (v * h).reshape(count, -1).sum(1).double().cpu()
+    return out
+
+
 def hutchinson_traces(model: nn.Module, batches: Sequence[Batch], layers: Sequence[str], *, probes: int = 32,
                       act_layers: Sequence[str] = (), seed: int = 0, probe_chunk: int = 1,
                       device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -196,60 +246,25 @@ def hutchinson_traces(model: nn.Module, batches: Sequence[Batch], layers: Sequen
     weights = [modules[name].weight for name in layers]
     generator = torch.Generator().manual_seed(int(seed))
     total = sum(int(y.shape[0]) for _, y in batches)
-    samples_w = torch.zeros(probes, len(layers), dtype=torch.float64)
-    samples_a = torch.zeros(probes, len(act_layers), dtype=torch.float64)
+    samples = torch.zeros(probes, len(layers) + len(act_layers), dtype=torch.float64)
     elements = dict.fromkeys(act_layers, 0)
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def pre(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-            x = inputs[0].clone()
-            if not x.requires_grad:
-                x.requires_grad_(True)
-            captured[name] = x
-            return (x, *inputs[1:])
-        return pre
-
-    was_training = model.training
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in act_layers]
-    try:
-        model.eval()
+    with _layer_inputs(model, act_layers, grad=True) as captured:
         for x, y in batches:
             captured.clear()
             x, y = x.to(device), y.to(device)
             loss = F.cross_entropy(model(x).float(), y) * (y.shape[0] / total)
             inputs = [captured[name] for name in act_layers]
-            targets = weights + inputs
-            grads = torch.autograd.grad(loss, targets, create_graph=True)
+            grads = torch.autograd.grad(loss, weights + inputs, create_graph=True)
             for name, t in zip(act_layers, inputs):
                 elements[name] += t.numel()
-            for start in range(0, probes, probe_chunk):
-                count = min(probe_chunk, probes - start)
-                if count == 1:
-                    vs = [_rademacher(t.shape, generator, t) for t in targets]
-                    hvs = torch.autograd.grad(grads, targets, grad_outputs=vs, retain_graph=True, allow_unused=True)
-                    vs, hvs = [v.unsqueeze(0) for v in vs], [None if h is None else h.unsqueeze(0) for h in hvs]
-                else:
-                    vs = [_rademacher((count, *t.shape), generator, t) for t in targets]
-                    hvs = torch.autograd.grad(grads, targets, grad_outputs=vs, retain_graph=True, allow_unused=True,
-                                              is_grads_batched=True)
-                quad = [torch.zeros(count, dtype=torch.float64) if h is None else
-                        (v * h).reshape(count, -1).sum(1).double().cpu() for v, h in zip(vs, hvs)]
-                for j in range(len(layers)):
-                    samples_w[start:start + count, j] += quad[j]
-                for j in range(len(act_layers)):
-                    samples_a[start:start + count, j] += quad[len(layers) + j]
+            samples += _probe_quadratics(grads, weights + inputs, probes, probe_chunk, generator)
             del grads, loss
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
 
     def stats(col: torch.Tensor) -> tuple[float, float]:
         return float(col.mean()), float(col.std(correction=1) / math.sqrt(probes))
 
-    return {"weights": {name: stats(samples_w[:, j]) for j, name in enumerate(layers)},
-            "acts": {name: stats(samples_a[:, j]) for j, name in enumerate(act_layers)},
+    return {"weights": {name: stats(samples[:, j]) for j, name in enumerate(layers)},
+            "acts": {name: stats(samples[:, len(layers) + j]) for j, name in enumerate(act_layers)},
             "act_elements": elements, "samples": total}
 
 
@@ -286,31 +301,16 @@ def act_perturbations(model: nn.Module, space: SearchSpace, spec: QuantizerSpec,
     """``Σ_b ||Q_a(x_b) - x_b||²`` per layer input and activation bits (module docstring)."""
     if not act_layers:
         return {}
-    modules = dict(model.named_modules())
     quantizers = {(name, a): spec.make_act(a, name).to(device).train() for name in act_layers
                   for a in space.act_choices or ()}
     out: dict[str, dict[int, float]] = {name: dict.fromkeys(space.act_choices or (), 0.0) for name in act_layers}
-    inputs: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):
-        def pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            inputs[name] = args[0].detach()
-        return pre
-
-    was_training = model.training
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in act_layers]
-    try:
-        model.eval()
+    with _layer_inputs(model, act_layers, grad=False) as inputs:
         for x, y in batches:
             inputs.clear()
             model(x.to(device))
             for (name, a), quantizer in quantizers.items():
                 xin = inputs[name].float()
                 out[name][a] += float(((quantizer(xin) - xin).double() ** 2).sum())
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     return out
 
 
