@@ -137,7 +137,9 @@ def main() -> int:
         # read again just before writing: another process may have added other models' comparisons
         saved = json.loads(out_json.read_text()) if out_json.exists() else {"comparisons": {}}
         saved["comparisons"].update(comparisons)
-        saved["meta"] = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
+        command = "python " + " ".join(sys.argv)
+        earlier = [c for c in saved.get("meta", {}).get("command", "").split("; ") if c and c != command]
+        saved["meta"] = {"command": "; ".join([*earlier, command]), "torch": torch.__version__,
                          "machine": platform.processor() or platform.machine(), "threads": 1,
                          "seeds": args.seeds, "trials": TRIALS, "lr_grid": LR_GRID, "tuning_fraction": 0.2,
                          "wall_s": {**saved.get("meta", {}).get("wall_s", {}),
