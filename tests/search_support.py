@@ -18,3 +18,26 @@ def small_model(seed: int = 0) -> nn.Sequential:
 def small_space(**kwargs) -> SearchSpace:
     """Searched layers '2' and '5' (first '0' and last '7' pinned) unless kwargs say otherwise."""
     return SearchSpace.from_model(small_model(), **kwargs)
+
+
+class Killed(Exception):
+    """Raised by :class:`DiesAtCall`: the search was killed mid-evaluation."""
+
+
+class DiesAtCall:
+    """An evaluator killed (an exception out of the search) at its n-th call."""
+
+    def __init__(self, inner, n: int) -> None:
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def __call__(self, choices):
+        self.calls += 1
+        if self.calls == self.n:
+            raise Killed()
+        return self.inner(choices)
+
+    def float_accuracy(self) -> float:
+        return self.inner.float_accuracy()
+
+    def describe(self) -> dict:
+        return self.inner.describe()

@@ -27,7 +27,7 @@ from lowbit.search.hawq import Allocation, allocation_costs, hawq_candidates, ha
 from lowbit.search.limits import CostBudget, SpaceCosts, layer_options
 from lowbit.search.sensitivity import LayerSensitivity, Sensitivity
 from lowbit.search.tpe import tpe_search
-from search_support import small_model
+from search_support import DiesAtCall, Killed, small_model
 
 
 def _space(**kwargs) -> SearchSpace:
@@ -197,27 +197,6 @@ def test_tpe_stops_on_a_small_space() -> None:
     assert len(outcome.records) <= 16 and outcome.settings["stopped"] in ("space exhausted", "stalled")
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DiesAt:
-    def __init__(self, inner, n: int) -> None:
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def __call__(self, choices):
-        self.calls += 1
-        if self.calls == self.n:
-            raise _Killed()
-        return self.inner(choices)
-
-    def float_accuracy(self) -> float:
-        return self.inner.float_accuracy()
-
-    def describe(self) -> dict:
-        return self.inner.describe()
-
-
 @pytest.mark.parametrize("with_budget", [False, True])
 def test_tpe_resume_gives_the_uninterrupted_records(tmp_path, with_budget: bool) -> None:
     """Killed at its 8th evaluation and resumed on the cache file: the records (plans, order, accuracies,
@@ -227,8 +206,8 @@ def test_tpe_resume_gives_the_uninterrupted_records(tmp_path, with_budget: bool)
     whole = tpe_search(space, CachedEvaluator(_synthetic(space), space, tmp_path / "whole.jsonl"),
                        Budget(max_evals=20), seed=0, cost_budget=cb)
     path = tmp_path / "cut.jsonl"
-    with pytest.raises(_Killed):
-        tpe_search(space, CachedEvaluator(_DiesAt(_synthetic(space), 8), space, path), Budget(max_evals=20), seed=0,
+    with pytest.raises(Killed):
+        tpe_search(space, CachedEvaluator(DiesAtCall(_synthetic(space), 8), space, path), Budget(max_evals=20), seed=0,
                    cost_budget=cb)
     resumed_ev = CachedEvaluator(_synthetic(space), space, path)
     assert resumed_ev.loaded == 7

@@ -8,7 +8,7 @@ import pytest
 from lowbit.errors import ConfigError
 from lowbit.search import Budget, CachedEvaluator, SearchSpace, SyntheticEvaluator
 from lowbit.search.releq import PPOSettings, releq_search
-from search_support import small_model
+from search_support import DiesAtCall, Killed, small_model
 
 
 def _space() -> SearchSpace:
@@ -21,29 +21,6 @@ def _synthetic(space: SearchSpace, noise: float = 0.002) -> SyntheticEvaluator:
 
 def _evaluator(space: SearchSpace, path=None) -> CachedEvaluator:
     return CachedEvaluator(_synthetic(space), space, cache_path=path)
-
-
-class _Killed(Exception):
-    pass
-
-
-class _DiesAtCall:
-    """The synthetic evaluator, killed (an exception out of the search) at its n-th call."""
-
-    def __init__(self, inner: SyntheticEvaluator, n: int) -> None:
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def __call__(self, choices):
-        self.calls += 1
-        if self.calls == self.n:
-            raise _Killed()
-        return self.inner(choices)
-
-    def float_accuracy(self) -> float:
-        return self.inner.float_accuracy()
-
-    def describe(self) -> dict:
-        return self.inner.describe()
 
 
 def _trace(outcome) -> tuple:
@@ -98,8 +75,8 @@ def test_kill_in_the_middle_of_a_rollout_resumes_to_the_same_end(tmp_path) -> No
     whole = releq_search(space, _evaluator(space, tmp_path / "a.jsonl"), Budget(max_evals=25),
                          state_dir=tmp_path / "a", **kw)
     # new plans only reach the inner evaluator: kill at the 9th new plan, whatever episode that is
-    evaluator = CachedEvaluator(_DiesAtCall(_synthetic(space), 9), space, cache_path=tmp_path / "b.jsonl")
-    with pytest.raises(_Killed):
+    evaluator = CachedEvaluator(DiesAtCall(_synthetic(space), 9), space, cache_path=tmp_path / "b.jsonl")
+    with pytest.raises(Killed):
         releq_search(space, evaluator, Budget(max_evals=25), state_dir=tmp_path / "b", **kw)
     resumed = releq_search(space, _evaluator(space, tmp_path / "b.jsonl"), Budget(max_evals=25),
                            state_dir=tmp_path / "b", resume=True, **kw)
