@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.costs import model_costs
 from lowbit.distill import BALANCES, FEATURE_LOSSES, MODES, DCQConfig, dcq_quantize, split, split_points
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.health import check_health
@@ -167,7 +166,6 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
     final_plan.save(folder.file("plan.json"))
     save_model(folder.model_file, model, started.args, spec, final_plan)
 
-    costs = model_costs(model)
     health = check_health(model, outcome.finetune_history, started.data.num_classes, accuracy=outcome.accuracy)
     sections = [s.to_dict() for s in outcome.sections]
     result = started.result(
@@ -181,5 +179,5 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
         teacher=options.teacher if options.teacher is not None else str(folder.file(TEACHER_DIR)),
         teacher_epochs=options.teacher_epochs if options.model is not None else None)
     return started.finish(result, health, "the DCQ run", f"test accuracy [bold]{100 * outcome.accuracy:.2f}%[/] "
-                          f"(float teacher {100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  "
-                          f"size {costs.size_bytes:,} B")
+                          f"(float teacher {100 * fp_accuracy:.2f}%)  avg bits {result['avg_bits']:.2f}  "
+                          f"size {result['size_bytes']:,} B")

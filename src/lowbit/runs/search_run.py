@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.costs import model_compute_costs, model_costs
+from lowbit.costs import model_compute_costs
 from lowbit.errors import CheckpointError, ConfigError, LowbitError, unknown_name
 from lowbit.health import check_health
 from lowbit.io import atomic_write_text
@@ -334,7 +334,6 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     val_accuracy = evaluate(model, started.eval_loader("val"), options.device)[1]
     save_model(folder.model_file, model, started.args, spec, plan)
 
-    costs = model_costs(model)
     health = check_health(model, history, started.data.num_classes, accuracy=val_accuracy, accuracy_name="val")
     write_search_plots(folder.file("plots"), outcome, space, layer_bits(model), f"{options.model} {options.strategy}")
     result = started.result(
@@ -345,5 +344,5 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
         finetune_epochs=options.finetune_epochs, finetune_lr=options.finetune_lr,
         search=search_summary(outcome, space, evaluator))
     return started.finish(result, health, "the search's final fine-tune", f"test accuracy [bold]{100 * accuracy:.2f}%"
-                          f"[/] (float {100 * fp_accuracy:.2f}%)  avg bits {costs.avg_bits:.2f}  "
-                          f"size {costs.size_bytes:,} B")
+                          f"[/] (float {100 * fp_accuracy:.2f}%)  avg bits {result['avg_bits']:.2f}  "
+                          f"size {result['size_bytes']:,} B")

@@ -15,7 +15,6 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.costs import model_costs
 from lowbit.errors import CheckpointError, ConfigError
 from lowbit.health import HealthWatch, check_health
 from lowbit.nn import aux_loss_terms, has_batch_norm, is_quantizer_param, quantize_
@@ -153,7 +152,6 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
             if plan is not None:
                 write_weight_plot(model, started.folder.path,
                                   f"{options.model} {method}: weights u(w) and quantizer levels")
-        costs = model_costs(model)
         health = check_health(model if plan is not None else None, history, started.data.num_classes,
                               accuracy=val_accuracy if val_accuracy is not None else accuracy,
                               accuracy_name="val" if val_accuracy is not None else "test")
@@ -161,8 +159,8 @@ def run_train(options: TrainOptions, hooks: MethodHooks | None = None, reporter:
                                 fp_accuracy=accuracy if plan is None else started.fp_accuracy,
                                 epochs=options.epochs, **hooks.result_fields(model))
         return started.finish(result, health, "the run", f"test accuracy [bold]{100 * accuracy:.2f}%[/]  avg bits "
-                              f"{costs.avg_bits:.2f}  size {costs.size_bytes:,} B ({costs.compression:.1f}x "
-                              "smaller than float)")
+                              f"{result['avg_bits']:.2f}  size {result['size_bytes']:,} B "
+                              f"({result['compression']:.1f}x smaller than float)")
 
 
 def _write_config(started: StartedRun, method: str, config: TrainConfig, hooks: MethodHooks,

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lowbit.costs import model_costs
 from lowbit.errors import ConfigError
 from lowbit.health import check_health
 from lowbit.quant.bits import FLOAT_BITS, check_bits
@@ -118,7 +117,6 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
             plot_beta_curves([r["waveq_beta"] for r in outcome.waveq_history], outcome.bits,
                              started.folder.file("plots") / "beta.png",
                              f"{options.model} WaveQ ({options.quantizer}): learned bits per layer")
-        costs = model_costs(model)
         health = check_health(model, outcome.waveq_history + outcome.finetune_history, started.data.num_classes,
                               accuracy=accuracy)
         result = started.result(model, options.method_name(), spec, accuracy, waveq={
@@ -126,5 +124,5 @@ def run_waveq(options: WaveQOptions, reporter: Reporter | None = None, command: 
             "finetune_epochs": options.finetune_epochs, "waveq_wall_s": outcome.waveq_wall_s,
             "finetune_wall_s": outcome.finetune_wall_s, "accuracy_before_finetune": outcome.accuracy_before_finetune})
         return started.finish(result, health, "the WaveQ run", f"test accuracy [bold]{100 * accuracy:.2f}%[/]  "
-                              f"avg bits {costs.avg_bits:.2f}  weighted bits {costs.weighted_bits:.2f}  "
-                              f"size {costs.size_bytes:,} B")
+                              f"avg bits {result['avg_bits']:.2f}  weighted bits {result['weighted_bits']:.2f}  "
+                              f"size {result['size_bytes']:,} B")
