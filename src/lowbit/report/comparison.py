@@ -38,26 +38,39 @@ def plans_text(arm: Mapping[str, Any]) -> str:
     return "; ".join(f"{k} ({n} seed{'s' * (n != 1)})" for k, n in counts.items()) or "n/a"
 
 
-def comparison_table(comparison: Mapping[str, Any]) -> str:
-    """The Markdown table, after a line naming the protocol."""
+HEADER = ("arm", "tuned over", "chosen", "test acc % (mean ± sd)", "avg bits", "plans (weight bits)",
+          "vs baseline (points)")
+
+
+def protocol_line(comparison: Mapping[str, Any]) -> str:
+    """One sentence naming the hold-out, the trial budget, the seeds and the interval."""
     p = comparison["protocol"]
-    lines = [f"Protocol: each arm tuned with {p['trials']} trial(s) on a hold-out of {p['tuning_fraction']:g} of "
-             f"the training split (tuning seeds {', '.join(map(str, p['tuning_seeds']))}; the test split never "
-             f"loaded while tuning), then its chosen setting run on seeds {', '.join(map(str, p['seeds']))} and "
-             f"scored once on test. Differences are paired by seed against {comparison['baseline']}, with a "
-             f"{100 * p['confidence']:g}% t-interval.", "",
-             "| arm | tuned over | chosen | test acc % (mean ± sd) | avg bits | plans (weight bits) "
-             "| vs baseline (points) |",
-             "|---|---|---|---|---|---|---|"]
+    return (f"Protocol: each arm tuned with {p['trials']} trial(s) on a hold-out of {p['tuning_fraction']:g} of "
+            f"the training split (tuning seeds {', '.join(map(str, p['tuning_seeds']))}; the test split never "
+            f"loaded while tuning), then its chosen setting run on seeds {', '.join(map(str, p['seeds']))} and "
+            f"scored once on test. Differences are paired by seed against {comparison['baseline']}, with a "
+            f"{100 * p['confidence']:g}% t-interval.")
+
+
+def comparison_rows(comparison: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """One row of :data:`HEADER`'s cells per arm (the Markdown table and the HTML report share them)."""
+    rows = []
     for arm in comparison["arms"]:
         s = arm["summary"]
         space = ", ".join(f"{k} {len(v)}" for k, v in arm["space"].items()) or "nothing"
         bits = sum(arm["avg_bits"].values()) / max(len(arm["avg_bits"]), 1)
         sd = f" ± {100 * s['sd']:.2f}" if s["sd"] is not None else ""
         sick = f" (unhealthy seeds {', '.join(map(str, arm['unhealthy_seeds']))})" if arm.get("unhealthy_seeds") else ""
-        lines.append(f"| {arm['name']} | {space} ({len(arm['trials'])} trials) | {_setting(arm['chosen'])} | "
-                     f"{_pct(s['mean'])}{sd} (n={s['n']}){sick} | {bits:.2f} | {plans_text(arm)} | "
-                     f"{difference_text(arm['versus_baseline'])} |")
+        rows.append((arm["name"], f"{space} ({len(arm['trials'])} trials)", _setting(arm["chosen"]),
+                     f"{_pct(s['mean'])}{sd} (n={s['n']}){sick}", f"{bits:.2f}", plans_text(arm),
+                     difference_text(arm["versus_baseline"])))
+    return rows
+
+
+def comparison_table(comparison: Mapping[str, Any]) -> str:
+    """The Markdown table, after a line naming the protocol."""
+    lines = [protocol_line(comparison), "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(comparison)]
     return "\n".join(lines) + "\n"
 
 

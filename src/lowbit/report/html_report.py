@@ -14,6 +14,7 @@ import datetime as _dt
 import itertools
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from lowbit import __version__
 from lowbit.io import atomic_write_text
 from lowbit.report import compare_plots as cp
-from lowbit.report.comparison import COMPARISON_FILE, comparison_table, plot_comparison
+from lowbit.report.comparison import COMPARISON_FILE, HEADER, comparison_rows, plot_comparison, protocol_line
 from lowbit.report.html_style import CSS, bits_class, bits_legend
 from lowbit.report.run_reader import RunData, health_summary, read_runs
 
@@ -132,18 +133,18 @@ def _protocol(compared: Sequence[Path]) -> str:
     for folder in compared:
         comparison = json.loads((folder / COMPARISON_FILE).read_text())
         plot = folder / "comparison.png"
-        if not plot.is_file():
-            plot_comparison(comparison, plot)
-        rows = [line.strip("|").split(" | ") for line in comparison_table(comparison).splitlines()
-                if line.startswith("| ") and not line.startswith("| arm ")]
-        head = ("arm", "tuned over", "chosen", "test acc % (mean ± sd)", "avg bits", "plans (weight bits)",
-                "vs baseline (points)")
-        table = ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>"
-                 + "".join("<tr>" + "".join(f"<td>{escape(c.strip())}</td>" for c in row) + "</tr>" for row in rows)
+        if plot.is_file():
+            png = plot.read_bytes()
+        else:  # the report writes nothing into run folders: draw it aside
+            with tempfile.TemporaryDirectory() as scratch:
+                png = plot_comparison(comparison, Path(scratch) / "comparison.png").read_bytes()
+        table = ("<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in HEADER) + "</tr>"
+                 + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+                           for row in comparison_rows(comparison))
                  + "</table>")
-        intro = comparison_table(comparison).split("\n", 1)[0]
+        intro = protocol_line(comparison)
         parts.append(f"<h3>{escape(str(folder))}</h3><p>{escape(intro)}</p>{table}"
-                     f"{_img(plot.read_bytes(), 'image/png', 'comparison plot')}")
+                     f"{_img(png, 'image/png', 'comparison plot')}")
     return _section("protocol", "\n".join(parts))
 
 
