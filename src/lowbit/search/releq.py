@@ -42,7 +42,6 @@ search resumes only with the same number.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,13 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from lowbit.errors import CheckpointError, ConfigError
+from lowbit.errors import ConfigError
 from lowbit.search.budget import Budget, BudgetExhausted
 from lowbit.search.env import BitwidthEnv
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
@@ -65,11 +63,9 @@ from lowbit.search.outcome import EvalRecord, SearchOutcome
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
 from lowbit.search.space import Choices, SearchSpace
-from lowbit.train.checkpoint import load_checkpoint, save_checkpoint
+from lowbit.search.releq_state import STATE_FILE, load_state, restore, save
 
 POLICIES = ("mlp", "lstm")
-STATE_FILE = "releq_state.ckpt"
-STATE_KIND = "releq-search"
 
 
 @dataclass(frozen=True)
@@ -215,21 +211,6 @@ def _make_agent(env: DummyVecEnv, space: SearchSpace, ppo: PPOSettings, seed: in
     return agent
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                      int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
 @dataclass
 class _Progress:
     episodes: list[dict[str, Any]] = field(default_factory=list)
@@ -266,7 +247,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         raise ConfigError("ReLeQ needs a limit: max_evals, a time limit or max_episodes")
     n_envs = _check_envs(cached, ppo, n_envs)
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    resume_state = _load_state(state_path, n_envs) if resume else None
+    resume_state = load_state(state_path, n_envs) if resume else None
 
     progress = _Progress(preexisting={r.key for r in cached.records})
     if resume_state is not None:
@@ -282,7 +263,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
     agent = _make_agent(vec, space, ppo, seed)
     updates = 0
     if resume_state is not None:
-        _restore(agent, envs, resume_state, state_path)
+        restore(agent, envs, resume_state, state_path)
         updates = int(resume_state["updates"])
 
     stopped, updates = _train(agent, envs, progress, gate, budget, _Episodes(progress.episodes, on_episode),
@@ -310,7 +291,9 @@ def _train(agent: Any, envs: list[BitwidthEnv], progress: _Progress, gate: _Gate
             return "budget", updates
         updates, this_call = updates + 1, this_call + 1
         if state_path is not None:
-            _save(state_path, agent, envs, progress, gate, updates)
+            save(state_path, agent, envs, updates, {"episodes": progress.episodes, "visited": progress.visited,
+                                                    "preexisting": sorted(progress.preexisting),
+                                                    "elapsed_s": gate.elapsed()})
 
 
 def _check_envs(cached: CachedEvaluator, ppo: PPOSettings, n_envs: int | None) -> int:
@@ -325,19 +308,6 @@ def _check_envs(cached: CachedEvaluator, ppo: PPOSettings, n_envs: int | None) -
     return n_envs
 
 
-def _load_state(state_path: Path | None, n_envs: int) -> dict[str, Any] | None:
-    """The saved search state to resume (None: nothing saved yet, killed before the first update)."""
-    if state_path is None or not state_path.exists():
-        return None
-    state = load_checkpoint(state_path)
-    if state.get("kind") != STATE_KIND:
-        raise CheckpointError(f"{state_path} is not a ReLeQ search state")
-    if int(state.get("n_envs", 1)) != n_envs:
-        raise CheckpointError(f"{state_path} was saved by a search with {state.get('n_envs', 1)} "
-                              f"environment(s) (--workers); resume it with that number, not {n_envs}")
-    return state
-
-
 def _stop_reason(progress: _Progress, gate: _Gate, budget: Budget, max_episodes: int | None,
                  stop_after_updates: int | None, this_call: int) -> str | None:
     """Why the search stops before its next rollout (None: it goes on; the evaluation budget stops it
@@ -349,41 +319,6 @@ def _stop_reason(progress: _Progress, gate: _Gate, budget: Budget, max_episodes:
     if stop_after_updates is not None and this_call >= stop_after_updates:
         return "interrupted"
     return None
-
-
-def _restore(agent: Any, envs: list[BitwidthEnv], state: dict[str, Any], path: Path | None) -> None:
-    """Load a saved state into a fresh agent and its environments (module docstring).
-
-    The agent's last observation and episode starts are not restored (states written by older
-    versions of this module carry them; they are ignored): every state is saved between two rollouts,
-    where each environment has just reset, so the reset that the fresh agent's first ``learn``
-    makes gives the same observation and all-True episode starts (the environment is deterministic
-    and its ``np_random`` is reseeded with the same seed). A state saved inside an episode would
-    break that, so it is refused."""
-    try:
-        agent.set_parameters({"policy": state["policy"], "policy.optimizer": state["optimizer"]}, exact_match=True)
-    except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path} does not match this search's agent: {exc}") from None
-    agent.num_timesteps = int(state["num_timesteps"])  # public counter; learn(reset_num_timesteps=False) adds to it
-    for one, env_state in zip(envs, state["envs"] if len(envs) > 1 else [state["env"]]):
-        one.set_state(env_state)
-        if one.get_state()["index"] != 0:
-            raise CheckpointError(f"{path} was saved in the middle of an episode; a ReLeQ state resumes only "
-                                  "between two rollouts")
-    _set_rng_state(state["rng"])
-
-
-def _save(path: Path, agent: Any, envs: list[BitwidthEnv], progress: _Progress, gate: _Gate, updates: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    params = agent.get_parameters()
-    save_checkpoint(path, {
-        "kind": STATE_KIND, "policy": params["policy"], "optimizer": params["policy.optimizer"],
-        "num_timesteps": int(agent.num_timesteps),
-        "env": envs[0].get_state(), "n_envs": len(envs), "rng": _rng_state(),
-        **({"envs": [env.get_state() for env in envs]} if len(envs) > 1 else {}),
-        "updates": updates, "episodes": progress.episodes,
-        "visited": progress.visited, "preexisting": sorted(progress.preexisting), "elapsed_s": gate.elapsed(),
-    })
 
 
 def _outcome(space: SearchSpace, cached: CachedEvaluator, acc_float: float, reward_config: RewardConfig,
