@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from lowbit.search import SearchSpace
+from lowbit.search.sensitivity import LayerSensitivity, Sensitivity
 
 
 def small_model(seed: int = 0) -> nn.Sequential:
@@ -18,6 +20,22 @@ def small_model(seed: int = 0) -> nn.Sequential:
 def small_space(**kwargs) -> SearchSpace:
     """Searched layers '2' and '5' (first '0' and last '7' pinned) unless kwargs say otherwise."""
     return SearchSpace.from_model(small_model(), **kwargs)
+
+
+def synthetic_sensitivity(space: SearchSpace, seed: int = 0) -> Sensitivity:
+    """A sensitivity for every searched layer of ``space``: random traces, perturbations 4^-bits."""
+    rng = np.random.default_rng(seed)
+    layers = {}
+    for layer in space.searched_layers:
+        acts = list(space.act_choices or ())
+        layers[layer.name] = LayerSensitivity(
+            layer.name, layer.params, float(rng.uniform(1, 10)), 0.1,
+            {b: float(layer.params * 4.0 ** -b) for b in space.bit_choices},
+            {b: float(layer.params * 4.0 ** -b) for b in space.bit_choices},
+            act_trace=float(rng.uniform(1, 10)) if acts else None, act_trace_se=0.1 if acts else None,
+            act_elements=100 if acts else None,
+            act_perturbation={a: float(100 * 4.0 ** -a) for a in acts} if acts else None)
+    return Sensitivity(layers)
 
 
 class Killed(Exception):

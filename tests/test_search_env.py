@@ -19,7 +19,7 @@ SPACES = [{}, {"search_acts": True}, {"pin_first_last": False}, {"search_acts": 
 def _env(weighted_state: bool = False, noise: float = 0.02, **space_kwargs) -> BitwidthEnv:
     space = small_space(**space_kwargs)
     inner = SyntheticEvaluator(space, sensitive={"2": 4}, noise=noise)
-    return BitwidthEnv(space, CachedEvaluator(inner, space), weighted_state=weighted_state)
+    return BitwidthEnv(space, CachedEvaluator(inner, space), weighted_state=weighted_state, state="paper")
 
 
 @pytest.mark.parametrize("kwargs", SPACES)
@@ -61,7 +61,7 @@ def test_weighted_state_and_reward_config() -> None:
     assert obs[2] == pytest.approx((288 * 4 + 2048 * 8) / (8 * 2336))
     cfg = RewardConfig(th=0.99)
     space = small_space()
-    env = BitwidthEnv(space, SyntheticEvaluator(space, sensitive={"2": 4}), reward_config=cfg)
+    env = BitwidthEnv(space, SyntheticEvaluator(space, sensitive={"2": 4}), reward_config=cfg, state="paper")
     env.reset(seed=0)
     env.step(0)
     assert env.step(0)[1] == -1.0  # 2-bit '2' loses 0.3 of 0.9: y = 0.65 < 0.99

@@ -220,7 +220,7 @@ def test_env_episode_with_the_fine_tune_evaluator(tiny_data) -> None:
 
     space = small_space()
     ev = CachedEvaluator(FineTuneEvaluator(small_model(), space, *tiny_data, steps=4), space)
-    env = BitwidthEnv(space, ev)
+    env = BitwidthEnv(space, ev, state="paper")
     env.reset(seed=0)
     env.step(space.encode(3))
     *_, terminated, _, info = env.step(space.encode(2))

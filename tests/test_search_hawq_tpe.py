@@ -27,7 +27,7 @@ from lowbit.search.hawq import Allocation, allocation_costs, hawq_candidates, ha
 from lowbit.search.limits import CostBudget, SpaceCosts, layer_options
 from lowbit.search.sensitivity import LayerSensitivity, Sensitivity
 from lowbit.search.tpe import tpe_search
-from search_support import DiesAtCall, Killed, small_model
+from search_support import DiesAtCall, Killed, small_model, synthetic_sensitivity
 
 
 def _space(**kwargs) -> SearchSpace:
@@ -94,24 +94,9 @@ def test_integer_program_infeasible_and_exhausted() -> None:
     assert budget.count_within() == 1 and CostBudget("bits", 8, costs).count_within() == space.n_plans
 
 
-def _sensitivity(space: SearchSpace, seed: int = 0) -> Sensitivity:
-    rng = np.random.default_rng(seed)
-    layers = {}
-    for layer in space.searched_layers:
-        acts = list(space.act_choices or ())
-        layers[layer.name] = LayerSensitivity(
-            layer.name, layer.params, float(rng.uniform(1, 10)), 0.1,
-            {b: float(layer.params * 4.0 ** -b) for b in space.bit_choices},
-            {b: float(layer.params * 4.0 ** -b) for b in space.bit_choices},
-            act_trace=float(rng.uniform(1, 10)) if acts else None, act_trace_se=0.1 if acts else None,
-            act_elements=100 if acts else None,
-            act_perturbation={a: float(100 * 4.0 ** -a) for a in acts} if acts else None)
-    return Sensitivity(layers)
-
-
 def test_allocation_costs_floor_negative_traces() -> None:
     space = _space()
-    sensitivity = _sensitivity(space)
+    sensitivity = synthetic_sensitivity(space)
     sensitivity.layers["2"].trace = -5.0  # a negative estimate: floored, so more bits never cost more
     objective = allocation_costs(space, sensitivity)
     values = [objective["2"][(b, 32)] for b in space.bit_choices]
@@ -133,14 +118,15 @@ def _strategies(space: SearchSpace):
     from lowbit.search.releq import PPOSettings, releq_search
 
     ppo = PPOSettings(episodes_per_update=4, n_epochs=2)
-    sensitivity = _sensitivity(space)
+    sensitivity = synthetic_sensitivity(space)
     return {
         "random": lambda ev, b, cb: random_search(space, ev, b, seed=0, cost_budget=cb),
         "greedy": lambda ev, b, cb: greedy_search(space, ev, b, cost_budget=cb),
         "exhaustive": lambda ev, b, cb: exhaustive_search(space, ev, b, cost_budget=cb),
         "tpe": lambda ev, b, cb: tpe_search(space, ev, b, seed=0, cost_budget=cb),
         "hawq": lambda ev, b, cb: hawq_search(space, ev, sensitivity, cb, b),
-        "releq": lambda ev, b, cb: releq_search(space, ev, b, seed=0, ppo=ppo, cost_budget=cb, max_episodes=40),
+        "releq": lambda ev, b, cb: releq_search(space, ev, b, seed=0, ppo=ppo, cost_budget=cb, max_episodes=40,
+                                                  sensitivity=synthetic_sensitivity(space)),
     }
 
 

@@ -234,7 +234,7 @@ def _releq_on(evaluator, **kwargs):
     from lowbit.search.releq import PPOSettings, releq_search
 
     return releq_search(evaluator.space, evaluator, Budget(max_evals=5), seed=0,
-                        ppo=PPOSettings(episodes_per_update=4, n_epochs=2), **kwargs)
+                        ppo=PPOSettings(episodes_per_update=4, n_epochs=2), **kwargs, state="paper")
 
 
 def _releq(n_envs: int, **kwargs):
@@ -244,7 +244,7 @@ def _releq(n_envs: int, **kwargs):
     ev = ParallelEvaluator(SyntheticEvaluator(space, sensitive=SENSITIVE), space, workers=1)  # in-process
     try:
         outcome = releq_search(space, ev, Budget(max_evals=kwargs.pop("max_evals", 10)), seed=0, n_envs=n_envs,
-                               ppo=PPOSettings(episodes_per_update=4, n_epochs=2), **kwargs)
+                               ppo=PPOSettings(episodes_per_update=4, n_epochs=2), **kwargs, state="paper")
     finally:
         ev.close()
     return outcome, ev
@@ -270,15 +270,15 @@ def test_releq_in_lockstep_resumes_exactly(tmp_path) -> None:
     ev = ParallelEvaluator(SyntheticEvaluator(space, sensitive=SENSITIVE), space, tmp_path / "cache.jsonl", workers=1)
     part = releq_search(space, ev, Budget(max_evals=10), seed=0, n_envs=2,
                         ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c",
-                        stop_after_updates=1)
+                        stop_after_updates=1, state="paper")
     assert part.settings["stopped"] == "interrupted" and 0 < part.evaluations < 10
     ev = ParallelEvaluator(SyntheticEvaluator(space, sensitive=SENSITIVE), space, tmp_path / "cache.jsonl", workers=1)
     resumed = releq_search(space, ev, Budget(max_evals=10), seed=0, n_envs=2,
-                           ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True)
+                           ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True, state="paper")
     assert _comparable(resumed) == _comparable(whole)
     with pytest.raises(CheckpointError, match="environment"):
         releq_search(space, ev, Budget(max_evals=10), seed=0, n_envs=1,
-                     ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True)
+                     ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True, state="paper")
 
 
 # ---- the command line ----------------------------------------------------------------------------

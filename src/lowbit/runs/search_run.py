@@ -60,6 +60,7 @@ from lowbit.runs.train_run import float_run_options, run_train
 from lowbit.search import CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
 from lowbit.search.hawq import CANDIDATES as HAWQ_CANDIDATES
 from lowbit.search.limits import CostBudget, SpaceCosts
+from lowbit.search.observation import DEFAULT_STATE, STATES
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.sensitivity import SENSITIVITY_FILE, Sensitivity, load_or_compute
 from lowbit.search.setup import LoggedEvaluator, evaluator_loaders, parse_bits
@@ -86,6 +87,9 @@ class SearchOptions(RunOptions):
     max_evals: int | None = option(60, "new plan evaluations (cached plans are free)", low=1, metavar="N")
     time_limit: float | None = option(None, "stop starting evaluations after S seconds", metavar="S")
     policy: str = option("mlp", "ReLeQ's PPO policy", choices=POLICIES)
+    releq_state: str = option(DEFAULT_STATE, "ReLeQ's observation: informative (each layer's Hessian sensitivity, "
+                              "the bits chosen so far, the budget they use) or paper (METHODS.md's 8 features)",
+                              choices=STATES)
     reward_th: float = option(0.4, "reward: accuracy threshold th")
     reward_a: float = option(0.8, "reward: bits exponent a")
     reward_b: float = option(1.0, "reward: accuracy exponent b")
@@ -110,10 +114,10 @@ class SearchOptions(RunOptions):
     hawq_candidates: str = option("kbest", "HAWQ: the plans its evaluations go to: kbest (the integer program's k "
                                   "best plans under the budget) or sweep (its optima under k budgets down to the "
                                   "cheapest plan)", choices=HAWQ_CANDIDATES, metavar="MODE")
-    hessian_probes: int = option(32, "HAWQ: Rademacher probes of the Hutchinson trace estimates", low=2,
-                                metavar="P")
-    hessian_batches: int = option(2, "HAWQ: training batches the Hessian traces are measured on", low=1,
-                                 metavar="N")
+    hessian_probes: int = option(32, "HAWQ and ReLeQ's informative state: Rademacher probes of the Hutchinson "
+                                 "trace estimates", low=2, metavar="P")
+    hessian_batches: int = option(2, "HAWQ and ReLeQ's informative state: training batches the Hessian traces are "
+                                  "measured on", low=1, metavar="N")
     sensitivity_loss: bool = option(False, "HAWQ: also measure each layer's validation loss change quantized alone, "
                                     "at every bit choice (recorded in sensitivity.json; layers x choices passes)")
     resume: bool = option(False, "continue the search in --out, reusing its evaluated plans")
@@ -226,6 +230,11 @@ def cost_budget(options: SearchOptions, model: nn.Module, sample_input: torch.Te
     return budget
 
 
+def needs_sensitivity(options: SearchOptions) -> bool:
+    """HAWQ and ReLeQ's informative state read the layers' sensitivity."""
+    return options.strategy == "hawq" or (options.strategy == "releq" and options.releq_state == "informative")
+
+
 def _sensitivity(started: StartedRun, space: SearchSpace, spec: QuantizerSpec) -> Sensitivity:
     """The layers' sensitivity on the float model (reused from OUT/sensitivity.json when it matches)."""
     options = started.options
@@ -270,7 +279,7 @@ def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: A
             limit: CostBudget | None = None) -> tuple[SearchOutcome, CachedEvaluator]:
     """The strategy under the evaluator; metrics.jsonl gets one ``phase: "search"`` line per plan visited."""
     options = started.options
-    sensitivity = _sensitivity(started, space, spec) if options.strategy == "hawq" else None
+    sensitivity = _sensitivity(started, space, spec) if needs_sensitivity(options) else None
     evaluator = _evaluator(started, space, spec)
     cached = {r.key for r in evaluator.records}
     try:
@@ -279,7 +288,8 @@ def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: A
                                reward_config=options.reward_config(), weighted_state=options.weighted_state,
                                ppo=ppo, agent_dir=started.folder.file(AGENT_DIR), resume=options.resume,
                                workers=options.workers, reporter=started.reporter, cost_budget=limit,
-                               sensitivity=sensitivity, hawq_candidates=options.hawq_candidates)
+                               sensitivity=sensitivity, hawq_candidates=options.hawq_candidates,
+                               releq_state=options.releq_state)
     finally:
         if isinstance(evaluator, ParallelEvaluator):
             evaluator.close()

@@ -144,7 +144,7 @@ class _Run:
             raise ConfigError(f"plan {self.space.key(choices)} is over the cost budget; it must not be evaluated")
         record = self.ev.evaluate(choices)
         reward = plan_reward(self.space, record.choices, record.accuracy, self.acc_float, self.reward_config,
-                             self.weighted_state)
+                             self.weighted_state, self.cost_budget)
         record = record.with_reward(reward)
         self.records.setdefault(record.key, record)
         return record

@@ -6,7 +6,9 @@ order; each step's ``Discrete(space.n_actions)`` action sets that layer's bits
 ``releq_reward(acc, acc_float, quant_state, b_min, b_max)`` of the finished plan, whose accuracy
 comes from the evaluator (a :class:`CachedEvaluator`, so a plan is trained once).
 
-Observation (float32, 8 features) at the step that picks layer ``i`` of ``L`` searched layers:
+Observation: ``state="informative"`` (the default; 10 features: the layer's sensitivity, the bits
+chosen so far and the budget they use, ``lowbit.search.observation``) or ``state="paper"``, the
+paper's 8 features (float32) at the step that picks layer ``i`` of ``L`` searched layers:
 
     0  i / L
     1  current bits of layer i / b_max      (its weight bits; still start_bits when it is visited)
@@ -18,7 +20,7 @@ Observation (float32, 8 features) at the step that picks layer ``i`` of ``L`` se
     6  kernel size    /  (kernel size 0 for Linear; 0 when all layers are equal)
     7  std of the layer's float weights
 
-The observation after the last step has index 1, bits 0 and features 0, with the final
+The paper's observation after the last step has index 1, bits 0 and features 0, with the final
 quant_state and acc_state. Accuracy is measured only at the episode's end (METHODS: reward 0
 until the last layer), so acc_state starts each episode at 1.0: the environment is a
 deterministic function of the actions, and ``reset(seed=...)`` only seeds ``np_random`` (which
@@ -28,6 +30,8 @@ episode in progress as plain JSON-able data.
 Cost budget (``cost_budget``, ``lowbit.search.limits``; none by default): a finished plan over it
 is not evaluated; the episode ends with reward -1 (the reward of a plan below the accuracy
 threshold, the lowest the ReLeQ reward gives) and ``info["over_budget"] = True`` (accuracy None).
+Within the budget, the reward's bits term is the plan's cost in the budget's own unit
+(:func:`lowbit.search.reward.reward_state`), the language HAWQ's integer program speaks.
 """
 
 from __future__ import annotations
@@ -42,19 +46,17 @@ from lowbit.errors import ConfigError
 from lowbit.quant.bits import LOW_BITS, check_bits
 from lowbit.search.evaluator import Evaluator, check_accuracy
 from lowbit.search.limits import CostBudget
-from lowbit.search.reward import RewardConfig, releq_reward
+from lowbit.search.observation import (BUDGET_USED_MAX, DEFAULT_STATE, N_INFORMATIVE, N_PAPER, ProgressFeatures,
+                                       check_state, param_shares, sensitivity_features, shape_features)
+from lowbit.search.reward import RewardConfig, releq_reward, reward_state
+from lowbit.search.sensitivity import Sensitivity
 from lowbit.search.space import Bits, SearchSpace
 
-N_FEATURES = 8
+N_FEATURES = N_PAPER
 OVER_BUDGET_REWARD = -1.0
 STATE_FORMAT = "lowbit-bitwidth-env"
 STATE_VERSION = 1
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
-
-
-def _minmax(values: np.ndarray) -> np.ndarray:
-    low, high = float(values.min()), float(values.max())
-    return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 
 class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
@@ -62,8 +64,10 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, *, reward_config: RewardConfig = RewardConfig(),
                  weighted_state: bool = False, acc_float: float | None = None, start_bits: int = 8,
-                 cost_budget: CostBudget | None = None) -> None:
+                 cost_budget: CostBudget | None = None, state: str = DEFAULT_STATE,
+                 sensitivity: Sensitivity | None = None) -> None:
         self.space = space
+        self.state = check_state(state, sensitivity, space)
         self.cost_budget = cost_budget
         self.evaluator = evaluator
         self.reward_config = reward_config
@@ -74,17 +78,19 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
             raise ConfigError("the float accuracy must be > 0 (the reward divides by it)")
         self.n_layers = space.n_searched
 
-        layers = space.layers
-        searched = [i for i, layer in enumerate(layers) if layer.searched]
-        table = np.stack([_minmax(np.array([float(getattr(layer, f)) for layer in layers]))
-                          for f in ("out_channels", "in_channels", "kernel_size")], axis=1)
-        stds = np.array([layer.weight_std for layer in layers])
-        self._features = np.concatenate([table, stds[:, None]], axis=1)[searched]  # (L, 4)
-
-        bits_high = max(1.0, self.start_bits / space.b_max)
-        high = np.array([1.0, bits_high, bits_high, max(1.0, 1.0 / self.acc_float), 1.0, 1.0, 1.0,
-                         max(1.0, float(stds.max()))], dtype=np.float32)
-        self.observation_space = spaces.Box(np.zeros(N_FEATURES, dtype=np.float32), high, dtype=np.float32)
+        self._features = shape_features(space)  # (L, 4)
+        if self.state == "paper":
+            bits_high = max(1.0, self.start_bits / space.b_max)
+            high = np.array([1.0, bits_high, bits_high, max(1.0, 1.0 / self.acc_float), 1.0, 1.0, 1.0,
+                             max(1.0, float(self._features[:, 3].max()))], dtype=np.float32)
+        else:
+            assert sensitivity is not None
+            self._layer_features = np.concatenate([sensitivity_features(space, sensitivity),
+                                                   param_shares(space)[:, None], self._features[:, :3]], axis=1)
+            self._progress = ProgressFeatures(space, cost_budget)
+            high = np.ones(N_INFORMATIVE, dtype=np.float32)
+            high[5] = BUDGET_USED_MAX
+        self.observation_space = spaces.Box(np.zeros(len(high), dtype=np.float32), high, dtype=np.float32)
         self.action_space = spaces.Discrete(space.n_actions)
         self._index = 0
         self._chosen: list[Bits] = []
@@ -98,6 +104,8 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
         return self._chosen + [self._start()] * (self.n_layers - len(self._chosen))
 
     def _observation(self) -> np.ndarray:
+        if self.state == "informative":
+            return self._informative()
         obs = np.zeros(N_FEATURES, dtype=np.float64)
         obs[0] = self._index / self.n_layers
         if self._index < self.n_layers:
@@ -105,6 +113,14 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
             obs[4:] = self._features[self._index]
         obs[2] = self.space.quant_state(self._bits_now(), self.weighted_state)
         obs[3] = 1.0 if self._last_accuracy is None else self._last_accuracy / self.acc_float
+        return obs.astype(np.float32)
+
+    def _informative(self) -> np.ndarray:
+        obs = np.zeros(N_INFORMATIVE, dtype=np.float64)
+        obs[0] = self._index / self.n_layers
+        obs[3:6] = self._progress(self._chosen)
+        if self._index < self.n_layers:
+            obs[[1, 2, 6, 7, 8, 9]] = self._layer_features[self._index]
         return obs.astype(np.float32)
 
     def reset(self, *, seed: int | None = None,
@@ -126,14 +142,14 @@ class BitwidthEnv(gym.Env[np.ndarray, np.int64]):
             return self._observation(), 0.0, False, False, {}
         choices = self.space.normalize(self._chosen)
         if self.cost_budget is not None and not self.cost_budget.allows(choices):
-            state = self.space.quant_state(choices, self.weighted_state)
+            state = reward_state(self.space, choices, self.weighted_state, self.cost_budget)
             info = {"plan_key": self.space.key(choices), "choices": [list(c) for c in choices], "accuracy": None,
                     "avg_bits": self.space.avg_bits(choices), "weighted_bits": self.space.weighted_bits(choices),
                     "quant_state": state, "reward": OVER_BUDGET_REWARD, "over_budget": True}
             return self._observation(), OVER_BUDGET_REWARD, True, False, info
         accuracy = check_accuracy(self.evaluator(choices), f"plan {self.space.key(choices)}")
         self._last_accuracy = accuracy
-        state = self.space.quant_state(choices, self.weighted_state)
+        state = reward_state(self.space, choices, self.weighted_state, self.cost_budget)
         reward = releq_reward(accuracy, self.acc_float, state, self.space.b_min, self.space.b_max, self.reward_config)
         info = {"plan_key": self.space.key(choices), "choices": [list(c) for c in choices], "accuracy": accuracy,
                 "avg_bits": self.space.avg_bits(choices), "weighted_bits": self.space.weighted_bits(choices),

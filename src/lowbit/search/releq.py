@@ -57,6 +57,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from lowbit.errors import ConfigError
 from lowbit.search.budget import Budget, BudgetExhausted
 from lowbit.search.env import BitwidthEnv
+from lowbit.search.observation import DEFAULT_STATE
+from lowbit.search.sensitivity import Sensitivity
 from lowbit.search.evaluator import CachedEvaluator, Evaluator, check_accuracy
 from lowbit.search.limits import CostBudget
 from lowbit.search.outcome import EvalRecord, SearchOutcome
@@ -225,7 +227,8 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                  resume: bool = False, max_episodes: int | None = None,
                  stop_after_updates: int | None = None, n_envs: int | None = None,
                  on_episode: Callable[[dict[str, Any]], None] | None = None,
-                 cost_budget: CostBudget | None = None) -> SearchOutcome:
+                 cost_budget: CostBudget | None = None, state: str = DEFAULT_STATE,
+                 sensitivity: Sensitivity | None = None) -> SearchOutcome:
     """Search per-layer bits with PPO until the budget is spent (module docstring).
 
     ``on_episode`` is called with each finished episode's plan key, accuracy, average bits and
@@ -238,6 +241,9 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
 
     ``cost_budget``: plans over it end their episode with reward -1 without being evaluated
     (``lowbit.search.env``); they are not records, so the best plan is within the budget.
+
+    ``state``: the agent's observation, ``"informative"`` (needs ``sensitivity``) or ``"paper"``
+    (``lowbit.search.observation``).
     """
     cached = evaluator if isinstance(evaluator, CachedEvaluator) else CachedEvaluator(evaluator, space)
     acc_float = check_accuracy(cached.float_accuracy() if acc_float is None else acc_float, "float model")
@@ -257,7 +263,8 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
         cost_budget.check_feasible()
     gate = _Gate(space, cached, budget, progress.visited, progress.elapsed_s, cost_budget)
     envs = [BitwidthEnv(space, gate, reward_config=reward_config, weighted_state=weighted_state,
-                        acc_float=acc_float, cost_budget=cost_budget) for _ in range(n_envs)]
+                        acc_float=acc_float, cost_budget=cost_budget, state=state, sensitivity=sensitivity)
+            for _ in range(n_envs)]
     env = envs[0]
     vec = DummyVecEnv([lambda: env]) if n_envs == 1 else _LockstepVecEnv(envs, gate)
     agent = _make_agent(vec, space, ppo, seed)
@@ -270,6 +277,7 @@ def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budg
                               updates, max_episodes, stop_after_updates, state_path)
     outcome = _outcome(space, cached, acc_float, reward_config, progress, gate, ppo, seed, budget, stopped, updates,
                        weighted_state, n_envs)
+    outcome.settings["state"] = state
     if cost_budget is not None:
         outcome.settings["cost_budget"] = cost_budget.to_dict()
         outcome.settings["over_budget_episodes"] = sum(1 for e in progress.episodes if e.get("accuracy") is None)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from lowbit.errors import ConfigError
+from lowbit.search.limits import CostBudget
 from lowbit.search.space import ChoiceLike, SearchSpace
 
 X_TOLERANCE = 1e-9
@@ -78,8 +79,25 @@ def releq_reward(acc: float, acc_float: float, quant_state: float, b_min: float,
     return 2.0 * ((1.0 - x ** cfg.a) * acc_term - 0.5)
 
 
+def reward_state(space: SearchSpace, choices: Sequence[ChoiceLike], weighted: bool = False,
+                 cost_budget: CostBudget | None = None) -> float:
+    """The reward's bits term for a plan: ``quant_state`` (``Σ bits / (b_max L)``), or under a cost
+    budget the plan's cost in the budget's unit on the same scale,
+    ``b_min/b_max + (1 - b_min/b_max) (C - C_min) / (C_max - C_min)``, so that the reward and the
+    constraint measure one thing (bits, bytes or BOPs; the cheapest plan scores like all-b_min bits)."""
+    choices = space.normalize(choices)
+    if cost_budget is None:
+        return space.quant_state(choices, weighted=weighted)
+    floor = space.b_min / space.b_max
+    least, most = cost_budget.costs.minimum(cost_budget.kind), cost_budget.costs.maximum(cost_budget.kind)
+    share = (cost_budget.cost(choices) - least) / (most - least) if most > least else 0.0
+    return floor + (1.0 - floor) * min(max(share, 0.0), 1.0)
+
+
 def plan_reward(space: SearchSpace, choices: Sequence[ChoiceLike], acc: float, acc_float: float,
-                cfg: RewardConfig = RewardConfig(), weighted: bool = False) -> float:
-    """:func:`releq_reward` of a plan of ``space`` (the same reward for ReLeQ, random and greedy)."""
-    state = space.quant_state(space.normalize(choices), weighted=weighted)
+                cfg: RewardConfig = RewardConfig(), weighted: bool = False,
+                cost_budget: CostBudget | None = None) -> float:
+    """:func:`releq_reward` of a plan of ``space`` (the same reward for every strategy; under a cost
+    budget its bits term is the plan's cost, :func:`reward_state`)."""
+    state = reward_state(space, choices, weighted, cost_budget)
     return releq_reward(acc, acc_float, state, space.b_min, space.b_max, cfg)

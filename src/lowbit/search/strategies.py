@@ -16,6 +16,7 @@ from lowbit.search.limits import CostBudget
 from lowbit.search.outcome import SearchOutcome
 from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
+from lowbit.search.observation import DEFAULT_STATE
 from lowbit.search.sensitivity import Sensitivity
 from lowbit.search.space import SearchSpace
 from lowbit.search.tpe import tpe_search
@@ -28,11 +29,13 @@ def run_strategy(strategy: str, space: SearchSpace, evaluator: CachedEvaluator, 
                  time_limit: float | None, seed: int, reward_config: RewardConfig, weighted_state: bool = False,
                  ppo: Any = None, agent_dir: Path | None = None, resume: bool = False, workers: int = 1,
                  reporter: Reporter = QUIET, cost_budget: CostBudget | None = None,
-                 sensitivity: Sensitivity | None = None, hawq_candidates: str = "kbest") -> SearchOutcome:
+                 sensitivity: Sensitivity | None = None, hawq_candidates: str = "kbest",
+                 releq_state: str = DEFAULT_STATE) -> SearchOutcome:
     """Random, greedy, HAWQ and TPE get the budget the cache file has not spent
     (``lowbit.search.budget.remaining_budget``); the agent keeps its own count in ``agent_dir``.
     ``cost_budget`` (None: no cost budget, the searches as before) applies to every strategy; HAWQ
-    needs it and ``sensitivity``."""
+    needs it and ``sensitivity``, and so does ReLeQ's ``releq_state="informative"``
+    (``lowbit.search.observation``)."""
     if strategy not in STRATEGIES:
         raise unknown_name("search strategy", strategy, STRATEGIES)
     common: dict[str, Any] = {"reward_config": reward_config, "weighted_state": weighted_state}
@@ -68,7 +71,8 @@ def run_strategy(strategy: str, space: SearchSpace, evaluator: CachedEvaluator, 
                 bar.advance(f"best reward {best[0]:.3f}")
 
         return releq_search(space, evaluator, budget, seed, ppo=ppo, state_dir=agent_dir, resume=resume,
-                            n_envs=workers, on_episode=on_episode, **common)
+                            n_envs=workers, on_episode=on_episode, state=releq_state, sensitivity=sensitivity,
+                            **common)
 
 
 def search_summary(outcome: SearchOutcome, space: SearchSpace, evaluator: CachedEvaluator) -> dict[str, Any]:
