@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from lowbit import __version__
 from lowbit.errors import EXIT_SIGINT, LowbitError, TrainingInterrupted, UnhealthyRunError
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     except LowbitError as exc:
         if args.debug:
             raise
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # escaped: a message's own brackets ("lowbit[ray]") are not markup
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")

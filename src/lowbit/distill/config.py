@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import ConfigError, did_you_mean
+from lowbit.executors import check_executor
 from lowbit.plan import LayerBits
 from lowbit.recipes import DCQ_SECTIONS
 from lowbit.train import TrainConfig
@@ -35,7 +36,10 @@ def _choice(what: str, value: str, choices: Sequence[str]) -> None:
 @dataclass(frozen=True)
 class DCQConfig:
     """How DCQ trains. ``train`` holds the per-section hyper-parameters (epochs, lr, optimizer,
-    schedule, weight decay, device); ``finetune`` (None: no fine-tune) the end-to-end ones."""
+    schedule, weight decay, device); ``finetune`` (None: no fine-tune) the end-to-end ones.
+    ``executor="ray"`` trains the sections as Ray tasks (``lowbit.executors``) instead of ``workers``
+    local processes: on the cluster at ``ray_address``, else a private Ray instance of ``workers``
+    CPUs; each task is what a local worker does, so the sections come out the same."""
 
     mode: str = "independent"
     loss: str = "mse"
@@ -48,6 +52,8 @@ class DCQConfig:
     feature_cache: str | None = None
     feature_norm: bool = True  # feature losses in units of the teacher features' RMS (module doc)
     finetune: TrainConfig | None = None
+    executor: str = "local"
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
@@ -58,9 +64,10 @@ class DCQConfig:
                 raise ConfigError(f"DCQ {name} must be an integer >= 1, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"DCQ seed must be an integer >= 0, got {self.seed!r}")
-        if self.mode == "sequential" and self.workers > 1:
+        check_executor(self.executor, self.ray_address)
+        if self.mode == "sequential" and (self.workers > 1 or self.executor != "local"):
             raise ConfigError("sequential mode trains each section on the outputs of the ones before it, "
-                              "one after the other; use mode 'independent' for parallel workers")
+                              "one after the other; use mode 'independent' for parallel workers or Ray")
         if not self.kd_weight >= 0:
             raise ConfigError(f"kd_weight must be >= 0, got {self.kd_weight}")
         if not self.kd_temperature > 0:

@@ -14,7 +14,7 @@ import io
 import multiprocessing
 import pickle
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,6 +27,7 @@ from lowbit.distill.config import FEATURE_LOSSES, DCQConfig, SectionResult, sect
 from lowbit.distill.features import TeacherFeatures
 from lowbit.distill.sections import describe, restore_order, stitch
 from lowbit.errors import ConfigError
+from lowbit.executors import RayTasks
 from lowbit.nn import aux_loss_terms, is_quantizer_param
 from lowbit.nn.convert import quantizable_layers
 from lowbit.train import QUIET, MetricsWriter, Reporter, Stepper, StepRun, train_steps
@@ -181,13 +182,31 @@ def _section_worker(payload: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _in_workers(blobs: list[bytes], config: DCQConfig, k: int) -> Iterator[bytes]:
+    """:func:`_section_worker` of each pickled job, in order: in a spawned pool of ``config.workers``
+    processes, or as Ray tasks (``lowbit.executors``: a dead worker's section is retrained)."""
+    if config.executor == "ray":
+        tasks = RayTasks(config.ray_address, num_cpus=config.workers * config.threads_per_worker)
+        try:
+            yield from tasks.map(_section_worker, blobs, num_cpus=config.threads_per_worker,
+                                 name=lambda n: f"DCQ section job {n + 1}")
+        finally:
+            tasks.close()
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(config.workers, k), mp_context=context) as pool:
+        futures = [pool.submit(_section_worker, blob) for blob in blobs]
+        for future in futures:
+            yield future.result()
+
+
 # ---- all sections -----------------------------------------------------------------------------
 
 def train_sections(students: Sequence[nn.Module], features: TeacherFeatures, config: DCQConfig, *,
                    order: Sequence[int] | None = None, metrics: MetricsWriter | None = None,
                    reporter: Reporter = QUIET) -> list[SectionResult]:
-    """Train every student section in place (in ``order``, or in ``config.workers`` processes);
-    return their results in section order."""
+    """Train every student section in place (in ``order``, or in ``config.workers`` processes, or as
+    Ray tasks with ``config.executor == "ray"``); return their results in section order."""
     k = len(students)
     if k != features.num_sections:
         raise ConfigError(f"{k} student sections but the teacher has {features.num_sections}")
@@ -205,15 +224,12 @@ def train_sections(students: Sequence[nn.Module], features: TeacherFeatures, con
         change = f"loss {first:.4g} -> {last:.4g}" if result.history else "nothing to train"
         reporter.log(f"section {result.index + 1}/{k} ({result.label}): {change}  {result.wall_s:.1f}s")
 
-    if config.workers > 1 and k > 1:
-        jobs = {i: SectionJob(i, students[i], features, config, labels[i]) for i in order}
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(config.workers, k), mp_context=context) as pool:
-            futures = {i: pool.submit(_section_worker, pickle.dumps(jobs[i])) for i in order}
-            for i in order:
-                payload = torch.load(io.BytesIO(futures[i].result()), weights_only=True)
-                students[i].load_state_dict(payload["state"])
-                done(SectionResult(**payload["result"]))
+    if (config.workers > 1 or config.executor == "ray") and k > 1:
+        blobs = [pickle.dumps(SectionJob(i, students[i], features, config, labels[i])) for i in order]
+        for i, blob in zip(order, _in_workers(blobs, config, k)):
+            payload = torch.load(io.BytesIO(blob), weights_only=True)
+            students[i].load_state_dict(payload["state"])
+            done(SectionResult(**payload["result"]))
     else:
         for i in order:
             before = stitch(students[:i]) if config.mode == "sequential" and i > 0 else None

@@ -246,7 +246,8 @@ def _dry_dcq(exp: Experiment) -> DryRun:
                f"Method: DCQ cuts the teacher into {len(sections)} sections ({parts}; cut before "
                f"{', '.join(split_points(sections)) or 'nothing'}), each a {o.quantizer} student (scale {o.scale}), "
                f"{_bits_text(student)}; average bits {costs.avg_bits:.2f}, packed {costs.size_bytes:,} B; "
-               f"{config.mode} mode, {config.loss} feature loss, {o.workers} worker(s). Schedule: {o.epochs} epochs "
+               f"{config.mode} mode, {config.loss} feature loss, {o.workers} worker(s)"
+               f"{' on Ray' if o.executor == 'ray' else ''}. Schedule: {o.epochs} epochs "
                f"per section (lr {config.train.lr:g}){finetune}; batch {o.batch_size}, seed {o.seed}.")
     return DryRun(summary, stand_in, data.name, _params(teacher), {"sections": labels,
                                                                    "split_at": split_points(sections)})

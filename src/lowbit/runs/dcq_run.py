@@ -28,7 +28,7 @@ from lowbit.recipes import DCQ_SCALE, DCQ_SECTIONS, OPTIMIZER_LR
 from lowbit.runs.build import ModelArgs, check_data_fits
 from lowbit.runs.lifecycle import start_run
 from lowbit.runs.model_io import float_model_args, load_float_weights, save_model
-from lowbit.runs.options import RunOptions, check_plan_flags, option, plan_from, quantizer_names
+from lowbit.runs.options import ExecutorOptions, check_plan_flags, option, plan_from, quantizer_names
 from lowbit.runs.train_run import float_run_options, run_train
 from lowbit.train import MetricsWriter, Reporter, TrainConfig, evaluate
 from lowbit.train.config import OPTIMIZERS, SCHEDULES
@@ -37,7 +37,7 @@ TEACHER_DIR = "teacher"
 
 
 @dataclass
-class DcqOptions(RunOptions):
+class DcqOptions(ExecutorOptions):
     teacher: str | None = option(None, "float teacher: a run folder or a model file")
     model: str | None = option(None, "instead of --teacher: train this zoo model in float first",
                                choices=list_models)
@@ -106,7 +106,8 @@ class DcqOptions(RunOptions):
     def dcq_config(self) -> DCQConfig:
         return DCQConfig(mode=self.mode, loss=self.loss, train=self._train_config(self.epochs, self.lr),
                          kd_weight=self.kd_weight, kd_temperature=self.kd_temperature, workers=self.workers,
-                         seed=self.seed, feature_cache=self.feature_cache, feature_norm=self.feature_norm,
+                         executor=self.executor, ray_address=self.ray_address, seed=self.seed,
+                         feature_cache=self.feature_cache, feature_norm=self.feature_norm,
                          finetune=self._train_config(self.finetune_epochs, self.finetune_lr if
                                                      self.finetune_lr is not None else self.lr)
                          if self.finetune_epochs else None)
@@ -171,6 +172,7 @@ def run_dcq(options: DcqOptions, reporter: Reporter | None = None, command: str 
     result = started.result(
         model, options.method_name(), spec, outcome.accuracy, stitched_accuracy=outcome.stitched_accuracy,
         fp_accuracy=fp_accuracy, mode=options.mode, loss=options.loss, workers=options.workers,
+        executor=options.executor,
         balance=options.balance, split_at=outcome.split_at, num_sections=len(sections), epochs=options.epochs,
         finetune_epochs=options.finetune_epochs, kd_weight=options.kd_weight, kd_temperature=options.kd_temperature,
         feature_cache=options.feature_cache, feature_norm=options.feature_norm,

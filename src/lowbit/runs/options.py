@@ -16,6 +16,7 @@ from typing import Any
 
 from lowbit.data import list_datasets
 from lowbit.errors import ConfigError, unknown_name
+from lowbit.executors import EXECUTORS, RAY_EXTRA, check_executor
 from lowbit.models import list_models, model_info
 from lowbit.plan import Plan
 from lowbit.quant.bits import FLOAT_BITS, check_bits
@@ -98,6 +99,22 @@ class RunOptions:
 
     def default_out(self) -> str:
         return f"runs/{self.model}-{self.dataset}-{self.method_name()}-s{self.seed}"
+
+
+@dataclass
+class ExecutorOptions(RunOptions):
+    """The options of a command whose independent tasks (the search's plan evaluations, DCQ's
+    sections) can run on a Ray cluster instead of local processes (``lowbit.executors``)."""
+
+    executor: str = option("local", "where the --workers tasks run: local (processes on this machine) or ray (tasks "
+                           f"on a Ray cluster, the same results; {RAY_EXTRA})", choices=EXECUTORS)
+    ray_address: str | None = option(None, "with --executor ray: the cluster to join, HOST:PORT of its head (ray "
+                                     "start --head) or auto (the cluster started on this machine)", metavar="ADDR",
+                                     default_text="a Ray instance of --workers CPUs on this machine")
+
+    def validate(self) -> None:
+        super().validate()
+        check_executor(self.executor, self.ray_address)
 
 
 def check_plan_flags(plan: str | None, wbits: int | None, abits: int | None) -> None:

@@ -16,6 +16,9 @@ The Python entry point is :func:`run_search` with :class:`SearchOptions`. Steps:
    (one torch thread each; ``lowbit.search.parallel``): random search ends with the same plans
    as the serial one (run at ``--threads 1``), ReLeQ runs that many environments in lockstep,
    HAWQ evaluates its candidates as one batch; greedy descent and TPE stay serial.
+   ``executor="ray"`` sends the same evaluations to a Ray cluster (``ray_address``, else a private
+   Ray instance of ``workers`` CPUs) instead of local processes, with the same results; the cache
+   is still written by this process alone (``lowbit.executors``).
    A cost budget (``--budget-bits``, ``--budget-bytes`` or ``--budget-bops``, at most one;
    ``lowbit.search.limits``) applies to every strategy: no plan over it is evaluated or chosen;
    it is checked against the cheapest plan before anything is written. HAWQ needs one; it first
@@ -55,7 +58,7 @@ from lowbit.report.search_plots import write_search_plots
 from lowbit.runs.folder import CONFIG_FILE, PLAN_FILE, RunFolder
 from lowbit.runs.lifecycle import StartedRun, start_run
 from lowbit.runs.model_io import MODEL_FILE, load_float_weights, save_model
-from lowbit.runs.options import RunOptions, option, quantizer_names
+from lowbit.runs.options import ExecutorOptions, option, quantizer_names
 from lowbit.runs.train_run import float_run_options, run_train
 from lowbit.search import CachedEvaluator, FineTuneEvaluator, RewardConfig, SearchOutcome, SearchSpace
 from lowbit.search.hawq import CANDIDATES as HAWQ_CANDIDATES
@@ -72,7 +75,7 @@ FLOAT_DIR, AGENT_DIR, CACHE_FILE = "float", "agent", "evaluations.jsonl"
 
 
 @dataclass
-class SearchOptions(RunOptions):
+class SearchOptions(ExecutorOptions):
     strategy: str = option("releq", "search strategy", choices=STRATEGIES)
     init: str | None = option(None, "float model to search on: a run folder or model file",
                               default_text="train one into OUT/float first")
@@ -259,7 +262,7 @@ def _train_float(started: StartedRun) -> None:
 
 
 def _evaluator(started: StartedRun, space: SearchSpace, spec: QuantizerSpec) -> CachedEvaluator:
-    """The cached (serial or parallel) fine-tune evaluator, saying one line per new plan."""
+    """The cached fine-tune evaluator (serial, a local pool or Ray tasks), saying one line per new plan."""
     options, reporter = started.options, started.reporter
     eval_train, val_loader = evaluator_loaders(started.data, options.eval_train_size, options.batch_size,
                                                options.seed)
@@ -271,8 +274,10 @@ def _evaluator(started: StartedRun, space: SearchSpace, spec: QuantizerSpec) -> 
     if workers != options.workers:
         reporter.log(f"{options.strategy} evaluates one plan at a time: --workers {options.workers} is not used")
     cache = started.folder.file(CACHE_FILE)
-    return (CachedEvaluator(logged, space, cache) if workers == 1 else
-            ParallelEvaluator(logged, space, cache, workers=workers, worker_evaluator=inner, on_result=logged.log))
+    if workers == 1 and options.executor == "local":
+        return CachedEvaluator(logged, space, cache)
+    return ParallelEvaluator(logged, space, cache, workers=workers, worker_evaluator=inner, on_result=logged.log,
+                             executor=options.executor, ray_address=options.ray_address)
 
 
 def _search(started: StartedRun, space: SearchSpace, spec: QuantizerSpec, ppo: Any,
@@ -347,8 +352,8 @@ def run_search(options: SearchOptions, reporter: Reporter | None = None, command
     health = check_health(model, history, started.data.num_classes, accuracy=val_accuracy, accuracy_name="val")
     write_search_plots(folder.file("plots"), outcome, space, layer_bits(model), f"{options.model} {options.strategy}")
     result = started.result(
-        model, options.strategy, spec, accuracy, workers=options.workers, val_accuracy=val_accuracy,
-        fp_accuracy=fp_accuracy, accuracy_loss=fp_accuracy - accuracy,
+        model, options.strategy, spec, accuracy, workers=options.workers, executor=options.executor,
+        val_accuracy=val_accuracy, fp_accuracy=fp_accuracy, accuracy_loss=fp_accuracy - accuracy,
         compute=model_compute_costs(model, started.args.sample_input().to(options.device)).to_dict(),
         init=options.init if options.init is not None else str(folder.file(FLOAT_DIR)),
         finetune_epochs=options.finetune_epochs, finetune_lr=options.finetune_lr,

@@ -42,6 +42,13 @@ What each strategy does with the pool (and why the results stay what they were):
 
 A resumed search's time budget subtracts the evaluation times recorded in the cache
 (``lowbit.search.budget``); with workers these overlap, so the subtraction is conservative.
+
+Executor ``ray`` (``lowbit.executors``): the same batches run as Ray tasks instead of pool
+processes, possibly on other machines: the same worker evaluator (pickled once, put in Ray's
+object store once, unpickled once per Ray worker process), the same thread count per task, the
+same function, so the same accuracies, recorded by the parent in the same order. A Ray worker that
+dies mid-evaluation is rerun by Ray (the evaluation is deterministic), so the cache gets each plan
+once. With ``workers == 1`` each plan still goes to the cluster, one at a time.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from typing import Any
 import torch
 
 from lowbit.errors import ConfigError, LowbitError
+from lowbit.executors import RayTasks, Shared, check_executor
 from lowbit.search.evaluator import CachedEvaluator, Evaluator
 from lowbit.search.outcome import EvalRecord
 from lowbit.search.space import ChoiceLike, Choices, SearchSpace
@@ -74,9 +82,20 @@ def _init_worker(payload: bytes, threads: int) -> None:
 
 
 def _evaluate_in_worker(choices: Choices) -> tuple[float, float]:
+    return _evaluate(_WORKER["evaluator"], choices)
+
+
+def _evaluate(evaluator: Evaluator, choices: Choices) -> tuple[float, float]:
     t0 = time.perf_counter()
-    accuracy = _WORKER["evaluator"](choices)
+    accuracy = evaluator(choices)
     return float(accuracy), time.perf_counter() - t0
+
+
+def _evaluate_task(evaluator: Evaluator, item: tuple[int, Choices]) -> tuple[float, float]:
+    """A Ray task (``lowbit.executors``): what a pool worker does, at the same thread count."""
+    threads, choices = item
+    torch.set_num_threads(threads)
+    return _evaluate(evaluator, choices)
 
 
 def compact_evaluator(evaluator: Evaluator) -> Evaluator:
@@ -108,30 +127,46 @@ class ParallelEvaluator(CachedEvaluator):
     single plan requested outside a batch); ``worker_evaluator`` (default ``inner``) is pickled
     to each worker and must be picklable (a ``LoggedEvaluator`` holding a console is not: pass the
     evaluator it wraps). ``on_result(choices, accuracy)`` is called in the parent for each plan a
-    worker evaluated, in batch order (progress lines; with ``workers == 1`` the plans are
-    evaluated by ``inner`` in the parent and it is not called). The pool starts on the first batch and
-    ends with :meth:`close` (or the ``with`` block).
+    worker evaluated, in batch order (progress lines; with ``workers == 1`` and the local executor the
+    plans are evaluated by ``inner`` in the parent and it is not called). The pool starts on the first
+    batch and ends with :meth:`close` (or the ``with`` block). ``executor="ray"`` runs the batches as
+    Ray tasks (module docstring), on the cluster at ``ray_address`` or a private Ray instance of
+    ``workers`` CPUs.
     """
 
     def __init__(self, inner: Evaluator, space: SearchSpace, cache_path: str | Path | None = None, *,
                  workers: int = 2, worker_evaluator: Evaluator | None = None, threads: int = 1,
-                 on_result: OnResult | None = None) -> None:
+                 on_result: OnResult | None = None, executor: str = "local",
+                 ray_address: str | None = None) -> None:
         for name, value in (("workers", workers), ("threads", threads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        check_executor(executor, ray_address)
         super().__init__(inner, space, cache_path)
         self.workers = workers
         self.threads = threads
+        self.executor, self.ray_address = executor, ray_address
         self.worker_evaluator = inner if worker_evaluator is None else worker_evaluator
         self.on_result = on_result
         self.batches = 0  # batches sent to the pool
         self._pool: ProcessPoolExecutor | None = None
+        self._ray: RayTasks | None = None
+        self._shared: Shared | None = None  # the worker evaluator in Ray's object store
         self._unclaimed: set[str] = set()  # prefetched plans not requested yet
+
+    @property
+    def in_workers(self) -> bool:
+        """Whether new plans are evaluated outside this process (a pool of workers, or Ray)."""
+        return self.workers > 1 or self.executor == "ray"
 
     # ---- batches -----------------------------------------------------------------------------
     def evaluate(self, choices: Sequence[ChoiceLike]) -> EvalRecord:
         key = self.space.key(choices)
         if key in self._unclaimed:  # evaluated by prefetch for this request: neither a hit nor a second evaluation
+            self._unclaimed.discard(key)
+            return self._records[key]
+        if self.executor == "ray" and self.lookup(choices) is None:  # a plan outside a batch: still on the cluster
+            self.prefetch([choices])
             self._unclaimed.discard(key)
             return self._records[key]
         return super().evaluate(choices)
@@ -150,15 +185,16 @@ class ParallelEvaluator(CachedEvaluator):
         if not misses:
             return 0
         results: Any
-        if self.workers == 1:
+        if not self.in_workers:
             results = (self._timed(c) for c in misses.values())
         else:
-            results = self._pool_map(list(misses.values()))
+            plans = list(misses.values())
+            results = self._ray_map(plans) if self.executor == "ray" else self._pool_map(plans)
             self.batches += 1
         for (key, choices), (accuracy, wall_s) in zip(misses.items(), results):
             record = self._store(choices, accuracy, wall_s)
             self._unclaimed.add(key)
-            if self.on_result is not None and self.workers > 1:
+            if self.on_result is not None and self.in_workers:
                 self.on_result(choices, record.accuracy)
         return len(misses)
 
@@ -182,23 +218,37 @@ class ParallelEvaluator(CachedEvaluator):
             raise LowbitError(f"a search worker process died ({exc}); rerun with --resume to continue from the "
                               "cache, with fewer --workers if memory ran out") from None
 
+    def _ray_map(self, plans: list[Choices]) -> Any:
+        if self._ray is None:
+            self._ray = RayTasks(self.ray_address, num_cpus=self.workers * self.threads)
+        if self._shared is None:
+            self._shared = self._ray.share(self._payload())
+        yield from self._ray.map(_evaluate_task, [(self.threads, c) for c in plans], shared=self._shared,
+                                 num_cpus=self.threads, name=lambda i: f"plan {self.space.key(plans[i])}",
+                                 hint="the plans evaluated before it are in the cache: rerun with --resume")
+
+    def _payload(self) -> bytes:
+        try:  # pickled once here, unpickled in each worker
+            return pickle.dumps(compact_evaluator(self.worker_evaluator))
+        except Exception as exc:  # noqa: BLE001 - any pickling failure
+            raise ConfigError(f"the evaluator cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+                              "pass a picklable worker_evaluator") from None
+
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            try:  # pickled once here, unpickled in each worker
-                payload = pickle.dumps(compact_evaluator(self.worker_evaluator))
-            except Exception as exc:  # noqa: BLE001 - any pickling failure
-                raise ConfigError(f"the evaluator cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
-                                  "pass a picklable worker_evaluator") from None
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(payload, self.threads))
+                                             initializer=_init_worker, initargs=(self._payload(), self.threads))
         return self._pool
 
     # ---- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Stop the worker processes (a later batch starts new ones)."""
+        """Stop the worker processes, and Ray if this evaluator started it (a later batch starts new ones)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._ray is not None:
+            self._ray.close()
+            self._ray, self._shared = None, None
 
     def __enter__(self) -> ParallelEvaluator:
         return self
