@@ -47,14 +47,19 @@ def test_export_onnx_from_run_and_from_packed(run: Path, tmp_path: Path, capsys)
     from lowbit.export.onnx_export import onnx_session, run_onnx
 
     out = tmp_path / "lenet.onnx"
-    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--quiet"]) == 0
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--quiet"]) == 0  # default: float QDQ
     packed_path = tmp_path / "lenet.safetensors"
     assert main(["export", str(run), "--out", str(packed_path), "--quiet"]) == 0
     again = tmp_path / "again.onnx"
-    assert main(["export", str(packed_path), "--format", "onnx", "--out", str(again), "--opset", "25", "--quiet"]) == 0
+    assert main(["export", str(packed_path), "--format", "onnx", "--out", str(again), "--opset", "25", "--quiet",
+                 "--onnx-kernels", "integer"]) == 0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
-    assert "INT4" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "INT4" in text and "(float graph)" in text and "integer: none" in text
+    assert main(["info", str(again)]) == 0  # ORT's integer kernels
+    text = capsys.readouterr().out
+    assert "INT8" in text and "QLinearConv" in text and "QGemm" in text and "float layer conv1" in text
     model, *_ = load_model(run)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
@@ -77,7 +82,24 @@ def test_user_errors_exit_2(run: Path, tmp_path: Path, capsys) -> None:
              (["info", str(junk)], "neither"), (["export", str(tmp_path / "no-run")], "not found"),
              (["export", str(broken), "--format", "onnx"], "corrupt"), (["export", str(junk)], "neither"),
              (["export", str(run), "--opset", "21"], "--format onnx only"),
+             (["export", str(run), "--onnx-kernels", "exact"], "--format onnx only"),
+             (["bench", str(tmp_path / "nope")], "not found"),
              (["export", str(run), "--format", "onnx", "--opset", "13", "--out", str(tmp_path / "x.onnx")], "opset")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_bench_times_float_lowbit_and_ort(run: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    import json
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(run), "--batch", "1", "2", "--rounds", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "lowbit export" in text and "ORT quantize_static U8S8" in text and "QLinearConv" in text
+    result = json.loads(out.read_text())
+    assert set(result["batches"]) == {"1", "2"}
+    assert set(result["batches"]["2"]["ms"]) == {"float", "lowbit", "ort_u8s8"}
+    assert result["batches"]["1"]["x_float"]["float"] == 1.0
+    assert result["ort_kernels"]["lowbit"].get("QLinearConv", 0) >= 1

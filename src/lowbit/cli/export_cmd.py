@@ -2,6 +2,9 @@
 
 SOURCE is a run folder, a ``model.ckpt`` or a packed file (to convert it to ONNX). Without
 ``--out`` the file goes next to the source: ``model.lowbit.safetensors`` or ``model.onnx``.
+``--onnx-kernels`` picks the ONNX graph (:mod:`lowbit.export.onnx_integer` for ``integer`` and
+``exact``, :mod:`lowbit.export.onnx_export` for ``float``); the log says which kernels ONNX Runtime
+runs, read from its optimized graph.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from lowbit.export.errors import ExportError
 from lowbit.export.info import FileInfo, describe
 
 FORMATS = ("packed", "onnx")
+ONNX_KERNELS = ("integer", "exact", "float")
 DEFAULT_NAMES = {"packed": "model.lowbit.safetensors", "onnx": "model.onnx"}
 
 
@@ -25,7 +29,14 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help=f"file to write (default: next to the source, {' / '.join(DEFAULT_NAMES.values())})")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 21..25 (default 21; 25 adds INT2 weights)")
     parser.add_argument("--int8", action="store_true",
-                        help="ONNX: store every weight in INT8 (INT16 for 8-bit DoReFa/PACT), no 2-/4-bit types")
+                        help="ONNX float kernels: store every weight in INT8 (INT16 for 8-bit DoReFa/PACT), no 2-/4-bit types")
+    parser.add_argument("--onnx-kernels", choices=ONNX_KERNELS, default=None,
+                        help="ONNX: 'float' (default): the QDQ graph, computing in float, equal to the fake-quant "
+                             "model; 'integer': ONNX Runtime's integer kernels (QLinearConv, QGemm, QLinearAdd), float "
+                             "tensors between layers (residual adds) in calibrated 8 bits, about 2x faster than float "
+                             "on ResNet-20 but not equal to the model (argmax agreement 98.3%% on a trained ResNet-20 "
+                             "w4a4, digits); 'exact': integer kernels except on convs writing residual tensors "
+                             "(98.9%% there: the int32 bias rounding still flips codes)")
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +52,8 @@ def run_export(args: argparse.Namespace) -> int:
     from lowbit.export.packed import load_source
 
     source = Path(args.source)
-    if args.format != "onnx" and (args.opset is not None or args.int8):
-        raise ExportError("--opset and --int8 apply to --format onnx only")
+    if args.format != "onnx" and (args.opset is not None or args.int8 or args.onnx_kernels):
+        raise ExportError("--opset, --int8 and --onnx-kernels apply to --format onnx only")
     out = Path(args.out) if args.out else _default_out(source, args.format)
     if out.exists() and out.is_dir():
         raise ExportError(f"--out {out} is a folder; give a file name")
@@ -52,19 +63,48 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "packed":
         size = packed.save(out)
     else:
-        from lowbit.export.onnx_export import DEFAULT_OPSET, export_onnx
+        from lowbit.export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
 
-        size = export_onnx(packed, out, opset=args.opset or DEFAULT_OPSET, narrow=not args.int8)
+        opset = args.opset or DEFAULT_OPSET
+        kernels = args.onnx_kernels or "float"  # the integer graphs are not yet equal to the model (issue 17)
+        if kernels == "float":
+            size = export_onnx(packed, out, opset=opset, narrow=not args.int8)
+        else:
+            if not MIN_OPSET <= opset <= MAX_OPSET:
+                raise ExportError(f"ONNX opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
+            from lowbit.export.onnx_integer import to_integer_onnx
+            from lowbit.io import atomic_write_bytes
+
+            data = to_integer_onnx(packed, kernels, opset=opset).proto.SerializeToString()
+            atomic_write_bytes(out, data)
+            size = len(data)
     console = Console(soft_wrap=True)
     if not args.quiet:
         print_info(describe(out), console)
+    if args.format == "onnx":
+        print_kernels(describe(out), console)  # what ONNX Runtime will run, even with --quiet
     console.print(f"wrote {out} ({size:,} bytes)", highlight=False)
     return 0
 
 
 def run_info(args: argparse.Namespace) -> int:
-    print_info(describe(args.file), Console(soft_wrap=True))
+    info = describe(args.file)
+    console = Console(soft_wrap=True)
+    print_info(info, console)
+    if info.kind == "onnx":
+        print_kernels(info, console)
     return 0
+
+
+def print_kernels(info: FileInfo, console: Console) -> None:
+    """Which kernels ONNX Runtime runs (its optimized graph), and the layers not on integer kernels, with why."""
+    if info.ort_kernels is not None:
+        console.print(f"ONNX Runtime kernels ({info.onnx_kernels or 'float'} graph): {info.ort_kernels}", highlight=False)
+    for name, reason in (info.float_layers or {}).items():
+        console.print(f"  float layer {name}: {reason}", highlight=False)
+    if info.approximated:
+        console.print(f"  {len(info.approximated)} float tensors of the model carried in 8 bits (calibrated): "
+                      f"{', '.join(info.approximated[:6])}{' ...' if len(info.approximated) > 6 else ''}", highlight=False)
 
 
 def _ratio(value: float) -> str:

@@ -30,7 +30,7 @@ EXIT_CODES_HELP = ("exit codes: 0 success, 1 unexpected failure (a bug), 2 user 
 
 def _commands() -> list[tuple[str, str, str | None, Callable[[argparse.ArgumentParser], None], Callable[..., int]]]:
     """(name, help, description, add its flags, run it) of every subcommand, in the order of --help."""
-    from lowbit.cli import compare_cmd, demo_cmd, export_cmd, list_cmd, report_cmd, run_cmd
+    from lowbit.cli import bench_cmd, compare_cmd, demo_cmd, export_cmd, list_cmd, report_cmd, run_cmd
     from lowbit.cli.run_commands import run_commands
 
     runs = [(name, help_text, description, *command) for name, (help_text, description, command)
@@ -40,12 +40,16 @@ def _commands() -> list[tuple[str, str, str | None, Callable[[argparse.ArgumentP
         ("list", "list models, datasets or quantizers", None,
          lambda p: p.add_argument("what", choices=list_cmd.WHAT), list_cmd.run),
         ("demo", "run the main job on the embedded digits data", None, demo_cmd.add_demo_arguments, demo_cmd.run),
-        ("export", "write a packed low-bit file or an ONNX (QDQ) model",
-         "Export a run's model: packed k-bit weights (safetensors) or ONNX QDQ.",
+        ("export", "write a packed low-bit file or an ONNX model (integer kernels)",
+         "Export a run's model: packed k-bit weights (safetensors) or ONNX (ONNX Runtime integer kernels, or QDQ).",
          export_cmd.add_export_arguments, export_cmd.run_export),
         ("info", "layers, bits and bytes of a packed or ONNX file",
          "Show what a file written by 'lowbit export' holds: per-layer bits and bytes, and the compression "
          "against float32.", export_cmd.add_info_arguments, export_cmd.run_info),
+        ("bench", "time the exported model in ONNX Runtime against float and ORT's own int8",
+         "Time a run's model in ONNX Runtime: the float model, lowbit's integer export and ORT's quantize_static "
+         "U8S8 of the float model, interleaved, at batch 1 and 32; prints ms and ratios to float, writes JSON.",
+         bench_cmd.add_bench_arguments, bench_cmd.run),
         ("report", "compare run folders in one self-contained HTML file", report_cmd.DESCRIPTION,
          report_cmd.add_report_arguments, report_cmd.run),
         ("run", "run (or --dry-run) one experiment config from configs/", run_cmd.DESCRIPTION,

@@ -40,6 +40,10 @@ class FileInfo:
     float32_bytes: int = 0  # the same model with every tensor in float32
     other_float_bytes: int = 0  # biases, batch norm, activation parameters
     floor_bytes: int | None = None  # packed: costs.size_bytes's floor
+    onnx_kernels: str | None = None  # ONNX: "integer", "exact" or None (the float-compute QDQ graph)
+    ort_kernels: str | None = None  # ONNX: the op types of ONNX Runtime's optimized graph, summarized
+    float_layers: dict[str, str] | None = None  # ONNX integer graphs: layers computed in float, and why
+    approximated: list[str] | None = None  # ONNX integer graphs: float tensors carried in 8 bits
 
     @property
     def compression(self) -> float:
@@ -106,8 +110,19 @@ def _describe_onnx(path: Path) -> FileInfo:
         elif key in inits:
             rows.append(LayerRow(name, bits["weight_bits"], bits["act_bits"], numel[key], 4 * numel[key], "float32"))
             layer_names.add(key)
-    quant_params = {n for n in inits if n.endswith(("_scale", "_zero_point", "_high"))}
+    quant_params = {n for n in inits if n.endswith(("_scale", "_zero_point", "_high", "bias_q")) or n.startswith("const_")}
     others = sum(4 * numel[n] for n in inits if n not in layer_names and n not in quant_params)
     float32 = 4 * sum(r.params for r in rows) + others
-    return FileInfo(str(path), "onnx", header["model"]["name"], (header.get("quantizer") or {}).get("name", "none"),
+    info = FileInfo(str(path), "onnx", header["model"]["name"], (header.get("quantizer") or {}).get("name", "none"),
                     rows, path.stat().st_size, float32, others)
+    onnx_head = header["onnx"]
+    info.onnx_kernels = onnx_head.get("kernels")
+    info.float_layers = {n: k["reason"] for n, k in onnx_head.get("layers", {}).items() if k.get("kind") == "float"}
+    info.approximated = list(onnx_head.get("approximated", []))
+    try:
+        from lowbit.export.speed import kernel_summary, ort_kernels
+
+        info.ort_kernels = kernel_summary(ort_kernels(model))
+    except (ImportError, ExportError):  # pragma: no cover - onnxruntime missing
+        info.ort_kernels = None
+    return info
