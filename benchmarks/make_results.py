@@ -190,6 +190,33 @@ def protocol_facts(d: dict[str, Any]) -> dict[str, str]:
             "command": m.get("command", "python benchmarks/protocol_bench.py")}
 
 
+def releq_protocol_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    data = {"lenet5": "mnist-t10k", "conv1d": "mnist1d", "resnet20": "digits"}
+    return {"machine": _machine(m.get("device")),
+            "threads": "1 torch thread per process, two processes at a time",
+            "data": _data_text(list(dict.fromkeys(data.get(r["setup"], r["setup"]) for r in d.get("rows", []))))
+                    + "; search accuracy on a 20% validation split of train, test read once per final plan",
+            "seeds": _seeds(m.get("seeds")),
+            "command": m.get("command", "python benchmarks/releq_bench.py")}
+
+
+def waveq_sensitivity_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    data = {"lenet5": "mnist-t10k", "conv1d": "mnist1d", "resnet20": "digits"}
+    return {"machine": _machine("cpu"), "threads": "1 torch thread",
+            "data": _data_text(list(dict.fromkeys(data.get(r["model"], r["model"]) for r in d.get("rows", []))))
+                    + "; WaveQ scored on the tuning hold-out, test never read",
+            "seeds": _seeds(sorted({r["seed"] for r in d.get("rows", [])})),
+            "command": m.get("command", "python benchmarks/waveq_sensitivity.py")}
+
+
+def dcq_own_model_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    return {"machine": _machine("cpu"), "threads": "1 torch thread", "data": DATA["digits"] + "; 20% validation split",
+            "seeds": _seeds(m.get("seed")), "command": m.get("command", "python benchmarks/dcq_own_model.py")}
+
+
 PROTOCOL_STUDIES = (("sinreq", "SinReQ against its base quantizers, under the protocol", "2"),
                     ("waveq", "WaveQ against uniform plans at equal bits and equal fine-tune, under the protocol", "3"),
                     ("dcq", "DCQ against plain QAT with the same quantizer, under the protocol", "4"),
@@ -198,13 +225,19 @@ PROTOCOL_STUDIES = (("sinreq", "SinReQ against its base quantizers, under the pr
 BENCHES = [
     *(Bench(f"protocol_{key}", "protocol_bench.py", title, section, protocol_facts)
       for key, title, section in PROTOCOL_STUDIES),
+    Bench("releq_protocol", "releq_bench.py", "Mixed-precision search: ReLeQ, random, greedy, TPE and HAWQ under one "
+          "budget, under the protocol", "5", releq_protocol_facts, render_only=True),
+    Bench("waveq_sensitivity", "waveq_sensitivity.py", "WaveQ's learned bits against the layers' Hessian sensitivity",
+          "3", waveq_sensitivity_facts),
     Bench("step_overhead", "step_overhead.py", "Training-step overhead", "1", step_overhead_facts),
     Bench("foundation", "foundation.py", "Accuracy at 2 bits: float, DoReFa, WRPN", "2", foundation_facts),
     Bench("sinreq", "sinreq.py", "Earlier: SinReQ against its base quantizers (before the protocol)", "2", sinreq_facts, render_only=True),
     Bench("waveq", "waveq_bench.py", "Earlier: WaveQ learned plans against uniform plans (before the protocol)", "3", waveq_facts, render_only=True),
     Bench("dcq", "dcq_bench.py", "Earlier: DCQ against plain QAT; parallel sections (before the protocol)", "4", dcq_facts),
-    Bench("releq", "releq_bench.py", "Earlier: ReLeQ against random search and greedy descent (before the protocol)", "5", releq_facts,
-          render_only=True),
+    Bench("releq", "releq_bench.py", "Earlier: ReLeQ against random search and greedy descent (before the protocol; "
+          "the script's earlier version, in git history before 2026-12-03)", "5", releq_facts),
+    Bench("dcq_own_model", "dcq_own_model.py", "DCQ on a model outside the zoo (torch.fx sections)", "4",
+          dcq_own_model_facts),
     Bench("export", "export_bench.py", "Export: packed size and deployment paths", "6", export_facts),
     Bench("recipe_tuning", "recipe_tuning.py", "Default recipes, chosen on validation", "7", recipe_tuning_facts),
     Bench("robustness", "robustness.py", "Robustness matrix at the default recipes", "7", robustness_facts),
