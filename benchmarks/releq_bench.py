@@ -309,10 +309,7 @@ def main() -> None:
     if args.render_only:
         meta["command"] = ("python benchmarks/releq_bench.py --setups SETUP --seeds S... --part P (parts run side by "
                            "side, two processes), then python benchmarks/releq_bench.py --render-only")
-        rows = [add_seconds(r, work) for f in sorted(work.glob("rows-*.json")) for r in json.loads(f.read_text())]
-        saved = {"meta": meta, "rows": rows, "summary": summarize(rows)}
-        (RESULTS / "releq_protocol.json").write_text(json.dumps(saved, indent=2) + "\n")
-        render(saved)
+        write_results(meta, work)
         return
     torch.set_num_threads(1)
     rows_file = work / f"rows-{args.part}.json"
@@ -324,6 +321,16 @@ def main() -> None:
     all_setups = setups(args.mnist_dir)
     for name in args.setups:
         run_setup(all_setups[name], args.seeds, args.arms, work, args, rows, save)
+    write_results(meta, work)
+
+
+def write_results(meta: dict[str, Any], work: Path) -> None:
+    """Merge every part's rows in ``work`` and write releq_protocol.{json,md}."""
+    rows = [add_seconds(r, work) for f in sorted(work.glob("rows-*.json")) for r in json.loads(f.read_text())]
+    saved = {"meta": meta, "rows": rows, "summary": summarize(rows)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "releq_protocol.json").write_text(json.dumps(saved, indent=2) + "\n")
+    render(saved)
 
 
 if __name__ == "__main__":
