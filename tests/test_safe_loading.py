@@ -214,6 +214,8 @@ ALLOWED = {
     ("search/parallel.py", "pickle.loads"): "the evaluator pickled by this process for its own spawn "
                                             "workers (pool initializer argument); never read from a file",
     ("cli/config.py", "eval"): "evaluates dataclass type annotations written in lowbit's source",
+    ("executors.py", "pickle.loads"): "the state this process pickled for its own Ray tasks (the search's "
+                                      "evaluator), passed through Ray's object store; never read from a file",
 }
 UNSAFE = {"pickle.load", "pickle.loads", "pickle.Unpickler", "yaml.unsafe_load", "yaml.full_load",
           "yaml.load_all", "yaml.unsafe_load_all", "yaml.full_load_all", "marshal.loads", "marshal.load",
