@@ -212,7 +212,7 @@ def test_residual_stream_is_listed_as_approximated() -> None:
 def test_trained_resnet20_exact_graph_matches_on_digits() -> None:
     """A ResNet-20 w4a4 trained for a few steps on digits: the 'exact' graph agrees with the fake-quant model on
     the test split's argmax (>= 99.5%) and every integer layer's input codes are within one level (the int32 bias
-    and the requantization multiplier are fitted together, lowbit.export.onnx_integer._requant; rounding the bias
+    and the requantization multiplier are fitted together, lowbit.export.requant.fit_requantization; rounding the bias
     alone gave 98.6% and codes 2-5 levels off here)."""
     from lowbit.data.loader import ArrayLoader
     from lowbit.export.packed import pack_model
