@@ -248,8 +248,9 @@ def export_onnx(packed: PackedModel, path: str | Path, opset: int = DEFAULT_OPSE
     return len(data)
 
 
-def onnx_session(model, threads: int = 1):
-    """An ONNX Runtime CPU session for a ModelProto, bytes or a path (``threads`` intra-op threads)."""
+def onnx_session(model, threads: int = 1, optimized_path: str | Path | None = None):
+    """An ONNX Runtime CPU session for a ModelProto, bytes or a path (``threads`` intra-op threads);
+    ``optimized_path``: where ORT writes the graph it optimized (to read which kernels it runs)."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - depends on the environment
@@ -261,6 +262,8 @@ def onnx_session(model, threads: int = 1):
     # ORT fuses DequantizeLinear(4-bit) -> MatMul into MatMulNBits, which by default (accuracy level
     # 4) quantizes the activations to int8 on the fly: ~1% output error. Level 1 computes in float32.
     options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
     source = model.SerializeToString() if hasattr(model, "SerializeToString") else model
     source = str(source) if isinstance(source, Path) else source
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

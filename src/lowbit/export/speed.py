@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lowbit.export.errors import ExportError
+from lowbit.export.onnx_export import onnx_session
 from lowbit.export.packed import PackedModel
 
 INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits",
@@ -35,20 +35,9 @@ FLOAT_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", 
 
 
 def session(model, threads: int = 1, optimized_path: str | Path | None = None):
-    """An ORT CPU session (``threads`` intra-op threads) for a ModelProto, bytes or path."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise ExportError("timing ONNX needs 'onnxruntime': pip install 'lowbit[export]'") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model) if isinstance(model, Path) else model
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    """An ORT CPU session (``threads`` intra-op threads) for a ModelProto, bytes or path: lowbit's one
+    session builder (:func:`lowbit.export.onnx_export.onnx_session`)."""
+    return onnx_session(model, threads, optimized_path)
 
 
 def ort_kernels(model) -> Counter:

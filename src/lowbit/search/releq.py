@@ -224,9 +224,8 @@ class _Progress:
 def releq_search(space: SearchSpace, evaluator: Evaluator, budget: Budget = Budget(), seed: int = 0, *,
                  reward_config: RewardConfig = RewardConfig(), ppo: PPOSettings = PPOSettings(),
                  weighted_state: bool = False, acc_float: float | None = None, state_dir: str | Path | None = None,
-                 resume: bool = False, max_episodes: int | None = None,
-                 stop_after_updates: int | None = None, n_envs: int | None = None,
-                 on_episode: Callable[[dict[str, Any]], None] | None = None,
+                 resume: bool = False, max_episodes: int | None = None, stop_after_updates: int | None = None,
+                 n_envs: int | None = None, on_episode: Callable[[dict[str, Any]], None] | None = None,
                  cost_budget: CostBudget | None = None, state: str = DEFAULT_STATE,
                  sensitivity: Sensitivity | None = None) -> SearchOutcome:
     """Search per-layer bits with PPO until the budget is spent (module docstring).
