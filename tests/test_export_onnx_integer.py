@@ -99,15 +99,14 @@ def run_with_codes(export, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, np.
     return torch.from_numpy(outs["output"]), {layer: outs[t] for layer, t in taps.items()}
 
 
-def first_difference_is_small(model, codes: dict[str, np.ndarray], x: torch.Tensor, exact_path: bool) -> None:
-    """In the first layer (graph order) whose input codes differ from the fake-quant model's, they differ by one
-    level in at most 1% of the codes (5% when it reads an 8-bit approximated tensor, rounded twice)."""
+def model_input_codes(model, names, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """The fake-quant model's input codes of the quantized layers ``names`` on ``x``."""
     from lowbit.export.grids import act_grid
     from lowbit.nn import quantized_layers
 
     ref, hooks = {}, []
     for name, layer in quantized_layers(model).items():
-        if name in codes:
+        if name in names:
             grid = act_grid(layer.input_quantizer)
             hooks.append(layer.register_forward_hook(
                 lambda m, i, o, name=name, grid=grid: ref.__setitem__(name, grid.codes(i[0]).numpy())))
@@ -115,6 +114,13 @@ def first_difference_is_small(model, codes: dict[str, np.ndarray], x: torch.Tens
         model(x)
     for h in hooks:
         h.remove()
+    return ref
+
+
+def first_difference_is_small(model, codes: dict[str, np.ndarray], x: torch.Tensor, exact_path: bool) -> None:
+    """In the first layer (graph order) whose input codes differ from the fake-quant model's, they differ by one
+    level in at most 1% of the codes (5% when it reads an 8-bit approximated tensor, rounded twice)."""
+    ref = model_input_codes(model, codes, x)
     for name, got in codes.items():
         diff = np.abs(got.astype(np.float64) - ref[name])
         if diff.any():
@@ -243,19 +249,7 @@ def test_trained_resnet20_exact_graph_matches_on_digits() -> None:
     export = to_integer_onnx(pack_model(model, args, spec, plan), "exact")
     y_onnx, codes = run_with_codes(export, x)
     assert (y_onnx.argmax(1) == y.argmax(1)).float().mean() >= 0.995
-    from lowbit.export.grids import act_grid
-    from lowbit.nn import quantized_layers
-
-    ref, hooks = {}, []
-    for name, layer in quantized_layers(model).items():
-        if name in codes:
-            grid = act_grid(layer.input_quantizer)
-            hooks.append(layer.register_forward_hook(
-                lambda m, i, o, name=name, grid=grid: ref.__setitem__(name, grid.codes(i[0]).numpy())))
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    ref = model_input_codes(model, codes, x)
     assert len(codes) == 9  # block convs 1 on integer kernels (conv 2 writes the float residual stream)
     for name, got in codes.items():
         diff = np.abs(got.astype(np.float64) - ref[name])
