@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowbit.data import ArrayLoader, hold_out
+from lowbit.data.synthetic import load_synthetic
 from lowbit.search import SearchSpace
 from lowbit.search.sensitivity import LayerSensitivity, Sensitivity
 
@@ -20,6 +22,16 @@ def small_model(seed: int = 0) -> nn.Sequential:
 def small_space(**kwargs) -> SearchSpace:
     """Searched layers '2' and '5' (first '0' and last '7' pinned) unless kwargs say otherwise."""
     return SearchSpace.from_model(small_model(), **kwargs)
+
+
+def tiny_loaders() -> tuple[ArrayLoader, ArrayLoader]:
+    """(train, validation) loaders of a small seeded synthetic 8x8 image set, for fine-tune evaluators."""
+    splits = load_synthetic(None, seed=0, num_classes=10, input_size=8, n_train=160, n_test=32, noise=0.1)
+    train, val = hold_out(splits.train, 0.25, seed=0)
+    train_loader = ArrayLoader(train, batch_size=16, shuffle=True, mean=splits.mean, std=splits.std, seed=0,
+                               indices=torch.arange(10, 74))
+    val_loader = ArrayLoader(val, batch_size=64, shuffle=False, mean=splits.mean, std=splits.std)
+    return train_loader, val_loader
 
 
 def synthetic_sensitivity(space: SearchSpace, seed: int = 0) -> Sensitivity:

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.data import ArrayLoader, hold_out, load_dataset
-from lowbit.data.synthetic import load_synthetic
+from lowbit.data import ArrayLoader, load_dataset
 from lowbit.distill import DCQConfig, dcq_quantize
 from lowbit.errors import ConfigError, LowbitError
 from lowbit.models import create_model
@@ -27,7 +26,7 @@ from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
 from lowbit.search.strategies import run_strategy
 from lowbit.train import TrainConfig, fit
-from search_support import small_model, small_space
+from search_support import small_model, small_space, tiny_loaders
 
 HERE = Path(__file__).resolve().parent
 SENSITIVE = {"2": 4}
@@ -120,12 +119,7 @@ def test_one_worker_on_ray_sends_each_plan_to_the_cluster(tmp_path, ray_cluster)
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    splits = load_synthetic(None, seed=0, num_classes=10, input_size=8, n_train=160, n_test=32, noise=0.1)
-    train, val = hold_out(splits.train, 0.25, seed=0)
-    train_loader = ArrayLoader(train, batch_size=16, shuffle=True, mean=splits.mean, std=splits.std, seed=0,
-                               indices=torch.arange(10, 74))
-    val_loader = ArrayLoader(val, batch_size=64, shuffle=False, mean=splits.mean, std=splits.std)
-    return train_loader, val_loader
+    return tiny_loaders()
 
 
 def test_fine_tune_search_on_ray_equals_the_local_pool(tmp_path, tiny_data, ray_cluster) -> None:

@@ -13,13 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.data import ArrayLoader, hold_out
-from lowbit.data.synthetic import load_synthetic
 from lowbit.errors import CheckpointError, ConfigError
 from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, SyntheticEvaluator, random_search
 from lowbit.search.baselines import exhaustive_search
 from lowbit.search.parallel import ParallelEvaluator, compact_evaluator
-from search_support import small_model, small_space
+from search_support import small_model, small_space, tiny_loaders
 
 SENSITIVE = {"2": 4}
 
@@ -197,12 +195,7 @@ def test_prefetch_then_requests_count_as_serial_requests() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_data():
-    splits = load_synthetic(None, seed=0, num_classes=10, input_size=8, n_train=160, n_test=32, noise=0.1)
-    train, val = hold_out(splits.train, 0.25, seed=0)
-    train_loader = ArrayLoader(train, batch_size=16, shuffle=True, mean=splits.mean, std=splits.std, seed=0,
-                               indices=torch.arange(10, 74))
-    val_loader = ArrayLoader(val, batch_size=64, shuffle=False, mean=splits.mean, std=splits.std)
-    return train_loader, val_loader
+    return tiny_loaders()
 
 
 def test_compact_evaluator_serves_the_same_batches(tiny_data) -> None:
