@@ -23,7 +23,7 @@ test: install-test
 # The benchmarks that fit a 2-core CPU machine (BENCHMARKS.md sections 1-6; a few hours in all, the
 # ReLeQ search the longest), each with its default flags, then RESULTS.md from benchmarks/results/.
 # Each script writes its own results/*.json and *.md; `make results` only re-renders RESULTS.md.
-BENCHMARKS = step_overhead.py foundation.py sinreq.py sinreq_cheat.py waveq_bench.py dcq_bench.py dcq_own_model.py releq_bench.py waveq_sensitivity.py export_bench.py onnx_speed_bench.py recipe_tuning.py robustness.py
+BENCHMARKS = step_overhead.py foundation.py sinreq.py sinreq_cheat.py waveq_bench.py dcq_bench.py dcq_own_model.py releq_bench.py waveq_sensitivity.py export_bench.py export_onnx_bench.py onnx_linear_kernels.py recipe_tuning.py robustness.py
 
 bench: install-test
 	set -e; for script in $(BENCHMARKS); do echo "== benchmarks/$$script"; $(PYTHON) benchmarks/$$script; done

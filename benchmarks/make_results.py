@@ -150,6 +150,25 @@ def export_facts(d: dict[str, Any]) -> dict[str, str]:
             "command": m.get("command", "python benchmarks/export_bench.py")}
 
 
+def export_onnx_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    return {"machine": _machine(m.get("machine"), f"torch {m['torch']}" if m.get("torch") else None,
+                                f"onnxruntime {m['onnxruntime']}" if m.get("onnxruntime") else None),
+            "threads": "1 torch thread, 1 ONNX Runtime thread (the script's setting)",
+            "data": "speed: random-init nets at their paper input shapes, N(0, 1) inputs; accuracy: nets trained on "
+                    f"{DATA['mnist-t10k']} (LeNet-5), {DATA['mnist1d']} (conv1d), {DATA['digits']} (ResNet-20, "
+                    "MobileNet), the whole test split",
+            "seeds": _seeds(m.get("seed")),
+            "command": m.get("command", "python benchmarks/export_onnx_bench.py")}
+
+
+def onnx_linear_facts(d: dict[str, Any]) -> dict[str, str]:
+    m = d.get("meta", {})
+    return {"machine": _machine(m.get("machine"), f"onnxruntime {m['onnxruntime']}" if m.get("onnxruntime") else None),
+            "threads": "1 ONNX Runtime thread", "data": "random 4-bit weight and activation codes (seeded)",
+            "seeds": "numpy default_rng(0)", "command": m.get("command", "python benchmarks/onnx_linear_kernels.py")}
+
+
 def recipe_tuning_facts(d: dict[str, Any]) -> dict[str, str]:
     m = d.get("meta", {})
     return {"machine": _machine(m.get("machine"), f"python {m['python']}" if m.get("python") else None),
@@ -239,6 +258,10 @@ BENCHES = [
     Bench("dcq_own_model", "dcq_own_model.py", "DCQ on a model outside the zoo (torch.fx sections)", "4",
           dcq_own_model_facts),
     Bench("export", "export_bench.py", "Export: packed size and deployment paths", "6", export_facts),
+    Bench("export_onnx", "export_onnx_bench.py", "Export to ONNX Runtime: integer kernels against float and ORT's "
+          "U8S8", "6", export_onnx_facts),
+    Bench("onnx_linear_kernels", "onnx_linear_kernels.py", "4-bit Linear layers in ONNX Runtime: Gemm, QGemm, "
+          "MatMulNBits", "6", onnx_linear_facts),
     Bench("recipe_tuning", "recipe_tuning.py", "Default recipes, chosen on validation", "7", recipe_tuning_facts),
     Bench("robustness", "robustness.py", "Robustness matrix at the default recipes", "7", robustness_facts),
     Bench("sinreq_cheat", "sinreq_cheat.py", "SinReQ on learned scales: before and after the fix", "2",

@@ -47,24 +47,28 @@ def test_export_onnx_from_run_and_from_packed(run: Path, tmp_path: Path, capsys)
     from lowbit.export.onnx_export import onnx_session, run_onnx
 
     out = tmp_path / "lenet.onnx"
-    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--quiet"]) == 0  # default: float QDQ
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--opset", "25", "--quiet",
+                 "--onnx-kernels", "float"]) == 0
     packed_path = tmp_path / "lenet.safetensors"
     assert main(["export", str(run), "--out", str(packed_path), "--quiet"]) == 0
     again = tmp_path / "again.onnx"
-    assert main(["export", str(packed_path), "--format", "onnx", "--out", str(again), "--opset", "25", "--quiet",
-                 "--onnx-kernels", "integer"]) == 0
+    assert main(["export", str(packed_path), "--format", "onnx", "--out", str(again), "--quiet"]) == 0  # default
+    fast = tmp_path / "fast.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(fast), "--quiet", "--onnx-kernels",
+                 "integer"]) == 0
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "INT4" in text and "(float graph)" in text and "integer: none" in text
-    assert main(["info", str(again)]) == 0  # ORT's integer kernels
+    assert main(["info", str(again)]) == 0  # the default for a quantized run: ORT's integer kernels, exact
     text = capsys.readouterr().out
-    assert "INT8" in text and "QLinearConv" in text and "QGemm" in text and "float layer conv1" in text
+    assert "(exact graph)" in text and "INT8" in text and "QLinearConv" in text and "QGemm" in text
+    assert "float layer conv1" in text
     model, *_ = load_model(run)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         y = model.eval()(x)
-    for path in (out, again):
+    for path in (out, again, fast):
         assert (run_onnx(onnx_session(path), x) - y).abs().max() <= 0.02 * y.abs().max()
 
 
@@ -84,6 +88,7 @@ def test_user_errors_exit_2(run: Path, tmp_path: Path, capsys) -> None:
              (["export", str(run), "--opset", "21"], "--format onnx only"),
              (["export", str(run), "--onnx-kernels", "exact"], "--format onnx only"),
              (["bench", str(tmp_path / "nope")], "not found"),
+             (["export", str(run), "--format", "onnx", "--int8", "--onnx-kernels", "exact"], "--int8 applies"),
              (["export", str(run), "--format", "onnx", "--opset", "13", "--out", str(tmp_path / "x.onnx")], "opset")]
     for argv, message in cases:
         assert main(argv) == 2, argv

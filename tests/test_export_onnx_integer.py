@@ -13,13 +13,13 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import numpy_helper  # noqa: E402
 
 from lowbit.export import output_tolerance  # noqa: E402
-from lowbit.export.bn_fold import AVX2_PAIR_LIMIT, code_multiplier, fits_int8  # noqa: E402
+from lowbit.export.bn_fold import fits_int8  # noqa: E402
+from lowbit.export.onnx_checks import kernel_mismatches, weight_code_mismatches  # noqa: E402
 from lowbit.export.onnx_export import run_onnx  # noqa: E402
 from lowbit.export.onnx_integer import to_integer_onnx  # noqa: E402
-from lowbit.export.speed import FLOAT_OPS, ort_kernels, session  # noqa: E402
+from lowbit.export.speed import session  # noqa: E402
 from lowbit.models import list_models  # noqa: E402
 from lowbit.plan import LayerBits, Plan  # noqa: E402
 from lowbit.runs.build import ModelArgs  # noqa: E402
@@ -55,36 +55,12 @@ def inputs(args: ModelArgs, n: int = 32, seed: int = 3) -> torch.Tensor:
 def check_kernels(export) -> None:
     """ORT's optimized graph runs an integer kernel for every layer declared integer, and a float
     Conv/Gemm only for the layers declared float (each with its reason)."""
-    counts = ort_kernels(export.proto)
-    layers = export.layers.values()
-    ints = [k for k in layers if k.kind == "integer"]
-    floats = [k for k in layers if k.kind == "float"]
-    assert counts.get("QLinearConv", 0) == sum(k.op == "QLinearConv" for k in ints)
-    assert counts.get("QGemm", 0) == sum(k.op == "QGemm" for k in ints)
-    assert sum(counts.get(op, 0) for op in FLOAT_OPS) == len(floats), (counts, floats)
-    assert all(k.reason for k in floats)
+    assert kernel_mismatches(export) == []
 
 
 def check_codes(export, packed) -> None:
-    """The int8 weights are the packed file's integers m times the code multiplier K, bit for bit: one K per layer,
-    or (a layer writing exact codes) one per output channel, K/2 <= K_j, within int8 and x86's u8 x s8 pair sums."""
-    inits = {i.name: numpy_helper.to_array(i) for i in export.proto.graph.initializer}
-    for name, kernel in export.layers.items():
-        enc = packed.weights.get(f"{name}.weight")
-        if kernel.kind != "integer":
-            continue
-        k = code_multiplier(enc, packed.acts[name].n)
-        stored = inits[f"{name}.weight_q"]
-        m = enc.int_values().numpy().reshape(len(stored), -1)
-        assert stored.dtype == np.int8
-        rows = stored.astype(np.int64).reshape(len(stored), -1)
-        if kernel.output != "codes":
-            assert np.array_equal(rows, k * m)
-            continue
-        for row, mj in zip(rows, m):
-            kj = next((int(r // v) for r, v in zip(row, mj) if v), k)
-            assert max(1, k // 2) <= kj and np.array_equal(row, kj * mj), (name, kj, k)
-            assert 2 * packed.acts[name].n * np.abs(row).max() <= AVX2_PAIR_LIMIT
+    """The int8 weights are the packed file's integers times the code multiplier, bit for bit."""
+    assert weight_code_mismatches(export, packed) == []
 
 
 def run_with_codes(export, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
@@ -254,3 +230,27 @@ def test_trained_resnet20_exact_graph_matches_on_digits() -> None:
     for name, got in codes.items():
         diff = np.abs(got.astype(np.float64) - ref[name])
         assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3, (name, diff.max(), (diff > 0).mean())
+
+
+def test_default_graph_is_exact_for_quantized_models_and_float_for_float_ones(tmp_path: Path) -> None:
+    """One default (lowbit.export.onnx_file) for the CLI and the API: a quantized model gets the exact integer-kernel
+    graph, a float model the float graph; an unknown graph name is a clear error and writes nothing."""
+    from lowbit.export import ExportError, pack_model
+    from lowbit.export.onnx_file import DEFAULT_ONNX_KERNELS, resolve_kernels, write_onnx
+
+    args = zoo_args("lenet5")
+    model, packed = quantized(args, "dorefa", Plan.uniform(4, 4))
+    assert DEFAULT_ONNX_KERNELS == "exact" and resolve_kernels(packed) == "exact"
+    size, kernels = write_onnx(packed, tmp_path / "q.onnx")
+    assert kernels == "exact" and size == (tmp_path / "q.onnx").stat().st_size
+    x = inputs(args)
+    with torch.no_grad():
+        y = model(x)
+    assert (run_onnx(session(tmp_path / "q.onnx"), x) - y).abs().max() <= output_tolerance(packed, y)
+    from lowbit.quant import QuantizerSpec
+
+    float_packed = pack_model(args.build().eval(), args, QuantizerSpec("none"), Plan.uniform())
+    assert resolve_kernels(float_packed) == "float"
+    with pytest.raises(ExportError, match="ONNX kernels must be one of"):
+        write_onnx(packed, tmp_path / "bad.onnx", kernels="int4")
+    assert not (tmp_path / "bad.onnx").exists()

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lowbit.export.errors import ExportError
+from lowbit.export.onnx_file import DEFAULT_ONNX_KERNELS
 
 FILES = {"float": "float model (ORT)", "lowbit": "lowbit export", "ort_u8s8": "ORT quantize_static U8S8",
          "lowbit_qdq": "lowbit QDQ (float kernels)", "file": "the file"}
@@ -27,8 +28,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes (default 1 32)")
     parser.add_argument("--rounds", type=int, default=11, help="interleaved timing rounds, median taken (default 11)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
-    parser.add_argument("--onnx-kernels", choices=("integer", "exact"), default="integer",
-                        help="lowbit graph to time (see 'lowbit export --onnx-kernels'; default integer)")
+    parser.add_argument("--onnx-kernels", choices=("exact", "integer"), default=DEFAULT_ONNX_KERNELS,
+                        help=f"lowbit graph to time (see 'lowbit export --onnx-kernels'; default {DEFAULT_ONNX_KERNELS})")
     parser.add_argument("--qdq", action="store_true", help="also time lowbit's float-kernel QDQ graph")
     parser.add_argument("--json", metavar="FILE", help="write the results here (default: bench.json next to the source)")
 

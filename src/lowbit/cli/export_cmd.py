@@ -17,9 +17,9 @@ from rich.table import Table
 
 from lowbit.export.errors import ExportError
 from lowbit.export.info import FileInfo, describe
+from lowbit.export.onnx_file import DEFAULT_ONNX_KERNELS, ONNX_KERNELS
 
 FORMATS = ("packed", "onnx")
-ONNX_KERNELS = ("integer", "exact", "float")
 DEFAULT_NAMES = {"packed": "model.lowbit.safetensors", "onnx": "model.onnx"}
 
 
@@ -29,14 +29,15 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help=f"file to write (default: next to the source, {' / '.join(DEFAULT_NAMES.values())})")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 21..25 (default 21; 25 adds INT2 weights)")
     parser.add_argument("--int8", action="store_true",
-                        help="ONNX float kernels: store every weight in INT8 (INT16 for 8-bit DoReFa/PACT), no 2-/4-bit types")
+                        help="ONNX float (QDQ) graph with every weight in INT8 (INT16 for 8-bit DoReFa/PACT), no "
+                             "2-/4-bit types; implies --onnx-kernels float")
     parser.add_argument("--onnx-kernels", choices=ONNX_KERNELS, default=None,
-                        help="ONNX: 'float' (default): the QDQ graph, computing in float, equal to the fake-quant "
-                             "model; 'integer': ONNX Runtime's integer kernels (QLinearConv, QGemm, QLinearAdd), float "
-                             "tensors between layers (residual adds) in calibrated 8 bits, about 2x faster than float "
-                             "on ResNet-20 but not equal to the model (argmax agreement 97.5%% on a trained ResNet-20 "
-                             "w4a4, digits); 'exact': integer kernels except on convs writing residual tensors "
-                             "(100%% there)")
+                        help=f"ONNX graph. '{DEFAULT_ONNX_KERNELS}' (default for quantized runs): ONNX Runtime's "
+                             "integer kernels (QLinearConv, QGemm) wherever that equals the fake-quant model, float "
+                             "convs where the model keeps a float tensor (ResNet residual adds, the average pool's "
+                             "input); 'integer': integer kernels everywhere, those tensors in calibrated 8 bits "
+                             "(faster on ResNets, argmax agreement 97.5%% on a trained ResNet-20 w4a4, digits); "
+                             "'float': the QDQ graph computing in float (default for float runs)")
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,21 +64,13 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "packed":
         size = packed.save(out)
     else:
-        from lowbit.export.onnx_export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_onnx
+        from lowbit.export.onnx_file import write_onnx
 
-        opset = args.opset or DEFAULT_OPSET
-        kernels = args.onnx_kernels or "float"  # the integer graphs are not yet equal to the model (issue 17)
-        if kernels == "float":
-            size = export_onnx(packed, out, opset=opset, narrow=not args.int8)
-        else:
-            if not MIN_OPSET <= opset <= MAX_OPSET:
-                raise ExportError(f"ONNX opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
-            from lowbit.export.onnx_integer import to_integer_onnx
-            from lowbit.io import atomic_write_bytes
-
-            data = to_integer_onnx(packed, kernels, opset=opset).proto.SerializeToString()
-            atomic_write_bytes(out, data)
-            size = len(data)
+        kernels = args.onnx_kernels or ("float" if args.int8 else None)
+        if args.int8 and kernels != "float":
+            raise ExportError(f"--int8 applies to the float graph (--onnx-kernels float); the {kernels} graph "
+                              "stores its integer-kernel weights in INT8 already")
+        size, _ = write_onnx(packed, out, kernels, args.opset, narrow=not args.int8)
     console = Console(soft_wrap=True)
     if not args.quiet:
         print_info(describe(out), console)

@@ -183,8 +183,11 @@ class _Lowering:
         elif isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
             dims = 1 if isinstance(mod, nn.MaxPool1d) else 2
             k, s, p, d = (_tuple(v, dims) for v in (mod.kernel_size, mod.stride or mod.kernel_size, mod.padding, mod.dilation))
-            out = Val(b.node("MaxPool", [x.name], node.name, kernel_shape=k, strides=s, pads=p + p, dilations=d,
-                             ceil_mode=int(mod.ceil_mode)), x.dtype, x.scale, x.zero, x.grid)
+            grid = self.target(node)
+            if x.is_float and grid is not None:  # pool the codes (max commutes with the monotone quantizer): ORT
+                x = b.to_codes(x, grid, node.name)  # would move the QuantizeLinear above a float pool anyway
+            attrs = dict(kernel_shape=k, strides=s, pads=p + p, dilations=d, ceil_mode=int(mod.ceil_mode))
+            out = Val(b.max_pool(x, node.name, attrs), x.dtype, x.scale, x.zero, x.grid)
         elif isinstance(mod, nn.Flatten) and mod.start_dim == 1 and mod.end_dim == -1:
             out = Val(b.node("Flatten", [x.name], node.name, axis=1), x.dtype, x.scale, x.zero, x.grid)
         elif isinstance(mod, POOLS) and set(_tuple(mod.output_size, 1)) == {1}:
@@ -312,8 +315,12 @@ class _Lowering:
         b, name = self.b, node.target
         if grid is not None:
             x = b.to_codes(x, grid, name)
-        xf = b.to_float_plain(x, name).name
         weight = enc.dequantize() if enc is not None else self.packed.floats[f"{name}.weight"]
+        if not x.is_float and x.zero == 0:  # codes: Cast alone, their step folded into the weights (one Mul less)
+            xf = b.node("Cast", [x.name], f"{name}/Cast", to=1)  # TensorProto.FLOAT
+            weight = weight.double() * float(x.scale)
+        else:
+            xf = b.to_float_plain(x, name).name
         w, c = fold_float(weight, mod.bias, bn)
         ins = [xf, b.init(f"{name}.weight", w), b.init(f"{name}.bias", c)]
         if isinstance(mod, nn.Linear):

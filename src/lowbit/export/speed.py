@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from lowbit.export.onnx_export import onnx_session
+from lowbit.export.onnx_file import DEFAULT_ONNX_KERNELS
 from lowbit.export.packed import PackedModel
 
 INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits",
@@ -110,12 +111,13 @@ def time_sessions(sessions: dict, x: np.ndarray, rounds: int = 11) -> dict[str, 
 
 
 def bench_packed(packed: PackedModel, batches: tuple[int, ...] = (1, 32), rounds: int = 11, threads: int = 1,
-                 kernels: str = "integer", calibration: torch.Tensor | None = None, seed: int = 0,
-                 include_qdq: bool = False) -> dict:
+                 kernels: str = DEFAULT_ONNX_KERNELS, calibration: torch.Tensor | None = None, seed: int = 0,
+                 include_qdq: bool = False, also: tuple[str, ...] = ()) -> dict:
     """Time the float, lowbit and ORT U8S8 files of ``packed``; return a JSON-ready dict.
 
     ``calibration``: inputs for lowbit's approximated tensors and ORT's calibration (default 32
-    seeded N(0, 1) inputs). Timing inputs are seeded N(0, 1) batches."""
+    seeded N(0, 1) inputs). Timing inputs are seeded N(0, 1) batches. ``also``: more lowbit graphs
+    (kernels) timed in the same interleaved run, as ``lowbit_<kernels>``."""
     from lowbit.export.onnx_export import example_input, to_onnx
     from lowbit.export.onnx_integer import to_integer_onnx
 
@@ -126,6 +128,8 @@ def bench_packed(packed: PackedModel, batches: tuple[int, ...] = (1, 32), rounds
     fmodel = float_onnx(packed)
     files = {"float": fmodel, "lowbit": exported.proto,
              "ort_u8s8": ort_static_u8s8(fmodel, calibration.numpy().astype(np.float32))}
+    for other in also:
+        files[f"lowbit_{other}"] = to_integer_onnx(packed, other, calibration).proto
     if include_qdq:
         files["lowbit_qdq"] = to_onnx(packed)
     sessions = {name: session(proto, threads) for name, proto in files.items()}
