@@ -158,7 +158,7 @@ def _ms(row: dict, batch: str, key: str) -> float:
 
 def markdown(speed: list[dict], accuracy: list[dict], meta: dict) -> str:
     lines = ["# ONNX Runtime: float vs lowbit's integer-kernel exports vs ORT's U8S8 static quantization", "",
-             f"Command: `{meta['command']}` ({meta['machine']}, onnxruntime {meta['onnxruntime']}, 1 ORT thread, "
+             f"Commands: {', '.join(f'`{c}` ({p})' for p, c in meta['commands'].items())} ({meta['machine']}, onnxruntime {meta['onnxruntime']}, 1 ORT thread, "
              f"median of {meta['rounds']} interleaved rounds). *exact*: `lowbit export --format onnx` (default); "
              "*integer*: `--onnx-kernels integer`; *U8S8*: `onnxruntime.quantization.quantize_static` of the float "
              "model (QDQ, uint8 activations, int8 per-channel weights). Ratios to the float model (below 1 is "
@@ -223,7 +223,9 @@ def main() -> None:
                 if label in args.plans:
                     print(f"trained {trained_run(name, label, plan, args.seed)}", flush=True)
         return
-    rows: dict[str, list[dict]] = {"speed": [], "accuracy": []}
+    saved = RESULTS / "export_onnx.json"
+    old = json.loads(saved.read_text()) if saved.exists() else {}
+    rows: dict[str, list[dict]] = {part: old.get(part, []) for part in ("speed", "accuracy")}  # parts not rerun kept
     for part, fn in (("speed", speed_row), ("accuracy", accuracy_row)):
         if part in args.parts:
             rows[part] = [{"model": n, **fn(n, label, plan, args)} for n in args.models
@@ -234,7 +236,8 @@ def main() -> None:
             "rounds": args.rounds, "seed": args.seed, "command": " ".join(["python", *sys.argv]),
             "numpy": np.__version__, "torch": torch.__version__}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "export_onnx.json").write_text(json.dumps({"meta": meta, **rows}, indent=2) + "\n")
+    meta["commands"] = {**old.get("meta", {}).get("commands", {}), **{part: meta["command"] for part in args.parts}}
+    saved.write_text(json.dumps({"meta": meta, **rows}, indent=2) + "\n")
     (RESULTS / "export_onnx.md").write_text(markdown(rows["speed"], rows["accuracy"], meta))
     print(f"wrote {RESULTS / 'export_onnx.json'} and .md")
 

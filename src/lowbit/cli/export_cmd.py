@@ -36,7 +36,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "integer kernels (QLinearConv, QGemm) wherever that equals the fake-quant model, float "
                              "convs where the model keeps a float tensor (ResNet residual adds, the average pool's "
                              "input); 'integer': integer kernels everywhere, those tensors in calibrated 8 bits "
-                             "(faster on ResNets, argmax agreement 97.5%% on a trained ResNet-20 w4a4, digits); "
+                             "(as fast as ORT's U8S8 on ResNets, argmax agreement 85-97.5%% on trained ResNet-20s, digits); "
                              "'float': the QDQ graph computing in float (default for float runs)")
 
 
