@@ -250,11 +250,11 @@ def test_make_results_renders_from_a_results_folder(tmp_path: Path, make_results
     assert "| lenet5 | 90.00% |" in text and "**Foundation table**" in text and "#### Sub" in text
     assert "Command:" not in text  # the facts table gives it
     assert "`waveq.md` is missing" in text and "--render-only" in text
-    assert text.count("**Not yet run.**") == 15  # step_overhead, sinreq, dcq, releq, export, 3 of issue 15, 4 protocol,
-    # issue 19's two and issue 20's
+    assert text.count("**Not yet run.**") == 17  # step_overhead, sinreq, dcq, releq, export, 3 of issue 15, 4 protocol,
+    # issue 19's two, issue 20's and issue 17's two
     assert ("Not yet run: protocol_sinreq, protocol_waveq, protocol_dcq, protocol_releq, releq_protocol, "
-            "waveq_sensitivity, step_overhead, sinreq, dcq, releq, dcq_own_model, export, recipe_tuning, robustness, "
-            "sinreq_cheat."
+            "waveq_sensitivity, step_overhead, sinreq, dcq, releq, dcq_own_model, export, export_onnx, "
+            "onnx_linear_kernels, recipe_tuning, robustness, sinreq_cheat."
             in text)
     assert "python benchmarks/releq_bench.py" in text
     assert "`mystery.json`: `python x.py`" in text
