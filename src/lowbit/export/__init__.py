@@ -4,9 +4,11 @@
 - :mod:`lowbit.export.grids`: integer codes that reproduce each quantizer's weights exactly;
 - :mod:`lowbit.export.packed`: the ``lowbit-packed`` safetensors file (``PackedModel``);
 - :mod:`lowbit.export.intrun`: conv/linear on integer codes with one rescale per layer;
+- :mod:`lowbit.export.onnx_file`: which ONNX graph a file gets (``exact`` for quantized models, the
+  default of ``lowbit export --format onnx``) and :func:`~lowbit.export.onnx_file.write_onnx`;
 - :mod:`lowbit.export.onnx_integer`: the ONNX graph ONNX Runtime runs on integer kernels
-  (QLinearConv, QGemm, QLinearAdd; batch norm folded by :mod:`lowbit.export.bn_fold`), the
-  default of ``lowbit export --format onnx``;
+  (QLinearConv, QGemm, QLinearAdd; batch norm folded by :mod:`lowbit.export.bn_fold`; checked by
+  :mod:`lowbit.export.onnx_checks`);
 - :mod:`lowbit.export.onnx_export`: a QuantizeLinear/DequantizeLinear graph computing in float
   (``--onnx-kernels float``; both need the ``export`` extra: ``pip install 'lowbit[export]'``);
 - :mod:`lowbit.export.speed`: timing against the float model and ORT's own static int8 (``lowbit bench``);
