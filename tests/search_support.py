@@ -71,3 +71,12 @@ class DiesAtCall:
 
     def describe(self) -> dict:
         return self.inner.describe()
+
+
+def comparable_outcome(outcome) -> dict:
+    """A search outcome as a dict without its wall times (equal across runs that did the same work)."""
+    data = outcome.to_dict()
+    data.pop("wall_s")
+    for record in [*data["records"], data["best"]]:
+        record.pop("wall_s")
+    return data

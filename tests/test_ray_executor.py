@@ -26,7 +26,7 @@ from lowbit.search.parallel import ParallelEvaluator
 from lowbit.search.reward import RewardConfig
 from lowbit.search.strategies import run_strategy
 from lowbit.train import TrainConfig, fit
-from search_support import small_model, small_space, tiny_loaders
+from search_support import comparable_outcome, small_model, small_space, tiny_loaders
 
 HERE = Path(__file__).resolve().parent
 SENSITIVE = {"2": 4}
@@ -73,14 +73,6 @@ def _cache(path: Path) -> tuple[dict, list[tuple[str, float]]]:
     return lines[0], [(r["key"], r["accuracy"]) for r in lines[1:]]
 
 
-def _comparable(outcome) -> dict:
-    data = outcome.to_dict()
-    data.pop("wall_s")
-    for record in [*data["records"], data["best"]]:
-        record.pop("wall_s")
-    return data
-
-
 def _synthetic(space):
     return SyntheticEvaluator(space, sensitive=SENSITIVE, noise=0.02)
 
@@ -102,7 +94,7 @@ def test_random_search_and_releq_on_ray_equal_the_local_executor(tmp_path, ray_c
     with ParallelEvaluator(inner, space, tmp_path / "ray.jsonl", workers=2, executor="ray") as ev:
         got = search(ev)
         assert ev.batches >= 5 and inner.calls == 0  # every plan went to a Ray task
-    assert [_comparable(o) for o in got] == [_comparable(o) for o in local]
+    assert [comparable_outcome(o) for o in got] == [comparable_outcome(o) for o in local]
     assert _cache(tmp_path / "ray.jsonl") == _cache(tmp_path / "local.jsonl")
     assert ray_cluster.is_initialized()  # a Ray the caller started stays up
 
@@ -114,7 +106,7 @@ def test_one_worker_on_ray_sends_each_plan_to_the_cluster(tmp_path, ray_cluster)
     with ParallelEvaluator(inner, space, workers=1, executor="ray") as ev:
         got = random_search(space, ev, Budget(max_evals=4), seed=3)
         assert inner.calls == 0 and ev.evaluations == 4
-    assert _comparable(got) == _comparable(serial)
+    assert comparable_outcome(got) == comparable_outcome(serial)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +122,7 @@ def test_fine_tune_search_on_ray_equals_the_local_pool(tmp_path, tiny_data, ray_
         with ParallelEvaluator(make(), space, tmp_path / f"{executor}.jsonl", workers=2, executor=executor) as ev:
             outcomes[executor] = random_search(space, ev, Budget(max_evals=4), seed=0)
             assert ev.batches == 2
-    assert _comparable(outcomes["ray"]) == _comparable(outcomes["local"])
+    assert comparable_outcome(outcomes["ray"]) == comparable_outcome(outcomes["local"])
     header, records = _cache(tmp_path / "ray.jsonl")
     assert (header, records) == _cache(tmp_path / "local.jsonl") and len(records) == 4
 
@@ -161,7 +153,7 @@ def test_a_worker_killed_mid_evaluation_is_retried_with_nothing_lost_or_doubled(
                            executor="ray") as ev:
         got = random_search(space, ev, Budget(max_evals=8), seed=0)
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a Ray worker died, not this process
-    assert _comparable(got) == _comparable(undisturbed)
+    assert comparable_outcome(got) == comparable_outcome(undisturbed)
     header, records = _cache(tmp_path / "ray.jsonl")
     assert (header, records) == _cache(tmp_path / "calm.jsonl")
     assert len(records) == len({key for key, _ in records}) == 8  # each plan once

@@ -17,7 +17,7 @@ from lowbit.errors import CheckpointError, ConfigError
 from lowbit.search import Budget, CachedEvaluator, FineTuneEvaluator, SyntheticEvaluator, random_search
 from lowbit.search.baselines import exhaustive_search
 from lowbit.search.parallel import ParallelEvaluator, compact_evaluator
-from search_support import small_model, small_space, tiny_loaders
+from search_support import comparable_outcome, small_model, small_space, tiny_loaders
 
 SENSITIVE = {"2": 4}
 
@@ -147,14 +147,6 @@ def test_a_replaced_cache_file_is_an_error(tmp_path) -> None:
 
 
 # ---- parallel random search == serial ------------------------------------------------------------
-def _comparable(outcome) -> dict:
-    data = outcome.to_dict()
-    data.pop("wall_s")
-    for record in [*data["records"], data["best"]]:
-        record.pop("wall_s")
-    return data
-
-
 def test_parallel_random_search_equals_the_serial_one(tmp_path) -> None:
     space = small_space()
     runs = [dict(budget=Budget(max_evals=9), seed=0), dict(budget=Budget(max_evals=6), seed=1),  # reuses the cache
@@ -170,7 +162,7 @@ def test_parallel_random_search_equals_the_serial_one(tmp_path) -> None:
         got.append(exhaustive_search(space, parallel, Budget(max_evals=4)))
         assert parallel.batches >= 10 and inner.calls == 0  # every plan was evaluated in a worker
     for a, b in zip(expected, got):
-        assert _comparable(a) == _comparable(b)
+        assert comparable_outcome(a) == comparable_outcome(b)
     assert [o.evaluations for o in got[:3]] == [5, 9, 6] and got[0].settings["n_envs"] == 2
     assert [o.settings["stopped"] for o in got[:4]] == ["budget", "budget", "budget", "max_draws"]
     assert (parallel.evaluations, parallel.cache_hits) == (serial.evaluations, serial.cache_hits)
@@ -219,7 +211,7 @@ def test_parallel_fine_tune_search_equals_the_serial_one(tiny_data) -> None:
     with ParallelEvaluator(make(), space, workers=2) as parallel:
         got = random_search(space, parallel, Budget(max_evals=4), seed=0)
         assert parallel.batches == 2
-    assert _comparable(got) == _comparable(serial) and got.evaluations == 4
+    assert comparable_outcome(got) == comparable_outcome(serial) and got.evaluations == 4
 
 
 # ---- ReLeQ with environments in lockstep ----------------------------------------------------------
@@ -246,7 +238,7 @@ def _releq(n_envs: int, **kwargs):
 def test_releq_in_lockstep_is_reproducible_with_an_exact_budget() -> None:
     one, _ = _releq(2)
     two, ev = _releq(2)
-    assert _comparable(one) == _comparable(two) and one.settings["n_envs"] == 2
+    assert comparable_outcome(one) == comparable_outcome(two) and one.settings["n_envs"] == 2
     assert one.evaluations == ev.evaluations == 10 and one.settings["stopped"] == "budget"
     assert len({r.key for r in one.records}) == 10
     serial, _ = _releq(1)
@@ -268,7 +260,7 @@ def test_releq_in_lockstep_resumes_exactly(tmp_path) -> None:
     ev = ParallelEvaluator(SyntheticEvaluator(space, sensitive=SENSITIVE), space, tmp_path / "cache.jsonl", workers=1)
     resumed = releq_search(space, ev, Budget(max_evals=10), seed=0, n_envs=2,
                            ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True, state="paper")
-    assert _comparable(resumed) == _comparable(whole)
+    assert comparable_outcome(resumed) == comparable_outcome(whole)
     with pytest.raises(CheckpointError, match="environment"):
         releq_search(space, ev, Budget(max_evals=10), seed=0, n_envs=1,
                      ppo=PPOSettings(episodes_per_update=4, n_epochs=2), state_dir=tmp_path / "c", resume=True, state="paper")
